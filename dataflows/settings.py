@@ -1,0 +1,145 @@
+"""All of tilepipe's settings, in one object built once and passed down.
+
+Every field can be set as a ``TILEPIPE_<NAME>`` environment variable (or in a
+``.env`` file); ``tilepipe run`` flags override them. Durations accept
+``250ms``, ``2s``, ``5m``, ``1h`` or plain seconds. Connectors are URIs:
+
+- source: ``file:PATH`` (``-`` = stdin) | ``kafka://HOST:PORT[,HOST:PORT]/TOPIC``
+  | ``generator:?events=N&tiles=N&...``
+- sink: ``file:PATH`` (``-`` = stdout) | ``redis[s]://HOST:PORT/DB?channel=NAME``
+- dlq: ``file:PATH`` | ``kafka://HOST:PORT/TOPIC``
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> object:
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (examples: 250ms, 2s, 5m, 1h)")
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TILEPIPE_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # Connectors
+    source: str = "generator:"
+    sink: str = "file:-"
+    dlq: str = "file:/dev/stderr"
+    kafka_start: Literal["earliest", "latest"] = "earliest"
+    """Where a Kafka source starts on its first run (later runs resume from recovery)."""
+    kafka_exit_at_end: bool = False
+    """Stop when every partition reaches the end of its log (a backfill), instead of tailing."""
+    kafka_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    kafka_config: dict[str, str] = {}
+    """Extra librdkafka settings for every Kafka client, as JSON (SASL, SSL, ...)."""
+
+    # Execution
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    """Worker processes (not threads) on this machine."""
+    process_id: int | None = None
+    addresses: str | None = None
+    """``host:port;host:port``: the cluster's processes, for one process of many."""
+    recovery_dir: Path | None = None
+    recovery_partitions: Annotated[int, Field(ge=1)] = 4
+    snapshot_interval: Duration = timedelta(seconds=5)
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    log_level: str = "INFO"
+
+    # Validation
+    max_record_bytes: Annotated[int, Field(ge=64)] = 1 << 20
+    max_future: Duration = timedelta(minutes=5)
+    dlq_raw_limit: Annotated[int, Field(ge=64)] = 64 * 1024
+    hmac_secrets: SecretStr | None = None
+    """``keyid:secret[,keyid:secret]``: when set, records must carry a valid signature."""
+
+    # Ordering and state
+    allowed_lateness: Duration = timedelta(seconds=1)
+    max_delay: Duration = timedelta(milliseconds=250)
+    state_ttl: Duration = timedelta(minutes=5)
+    max_recent_ids: Annotated[int, Field(ge=1)] = 64
+    max_objects_per_tile: Annotated[int, Field(ge=1)] = 256
+
+    # Broadcast
+    redis_prefix: str = "tilepipe"
+    publish_mode: Literal["publish", "spublish"] = "publish"
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, v: str) -> str:
+        _require_scheme("source", v, ("file", "kafka", "generator"))
+        return v
+
+    @field_validator("sink")
+    @classmethod
+    def _check_sink(cls, v: str) -> str:
+        _require_scheme("sink", v, ("file", "redis", "rediss"))
+        return v
+
+    @field_validator("dlq")
+    @classmethod
+    def _check_dlq(cls, v: str) -> str:
+        _require_scheme("dlq", v, ("file", "kafka"))
+        return v
+
+    def secrets_by_key(self) -> dict[str, bytes] | None:
+        if self.hmac_secrets is None or not self.hmac_secrets.get_secret_value().strip():
+            return None
+        out: dict[str, bytes] = {}
+        for i, item in enumerate(self.hmac_secrets.get_secret_value().split(",")):
+            kid, sep, secret = item.strip().partition(":")
+            if not sep:
+                kid, secret = f"key{i}", kid
+            out[kid] = secret.encode()
+        return out
+
+
+def _require_scheme(name: str, uri: str, allowed: tuple[str, ...]) -> None:
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme not in allowed:
+        raise ValueError(
+            f"{name} {uri!r}: unknown scheme {scheme!r}; use one of "
+            + ", ".join(f"{s}:" for s in allowed)
+        )
+
+
+def kafka_uri(uri: str) -> tuple[list[str], str]:
+    """``kafka://h1:p1,h2:p2/topic`` → (brokers, topic)."""
+    parts = urlsplit(uri)
+    topic = parts.path.lstrip("/")
+    if not parts.netloc or not topic or "/" in topic:
+        raise ValueError(f"{uri!r}: expected kafka://HOST:PORT[,HOST:PORT]/TOPIC")
+    return parts.netloc.split(","), topic
+
+
+def redis_uri(uri: str) -> tuple[str, dict[str, str]]:
+    """``redis://host:port/db?channel=x`` → (connection URL without our options, options)."""
+    parts = urlsplit(uri)
+    ours = {"channel", "prefix", "mode"}
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    options = {k: v for k, v in query.items() if k in ours}
+    rest = "&".join(f"{k}={v}" for k, v in query.items() if k not in ours)
+    url = parts._replace(query=rest).geturl()
+    return url, options

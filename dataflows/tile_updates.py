@@ -1,0 +1,97 @@
+"""The tile-update dataflow, wired top to bottom as ARCHITECTURE.md lists it.
+
+``python -m bytewax.run dataflows.tile_updates:flow`` runs it from the
+``TILEPIPE_*`` environment; ``tilepipe run`` builds the same flow from flags.
+All logic lives in ``operators/``, ``sources/`` and ``sinks/``.
+"""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from dataflows.settings import Settings, kafka_uri, redis_uri
+from operators.apply import order_and_apply
+from operators.enrich import enrich
+from operators.tile_state import OrderConfig
+from operators.validate import ValidationConfig, validate
+from sinks.file import FileDeadLetterSink, FileUpdatesSink
+from sinks.kafka import KafkaDeadLetterSink
+from sinks.redis import RedisBroadcastSink, RedisTarget
+from sources.file import JsonlFileSource
+from sources.generator import GeneratorSource, GeneratorSpec
+from sources.kafka import KafkaTopicSource
+from tilepipe.records import DeadLetter, RawRecord, TileUpdate
+
+
+def build_flow(settings: Settings) -> Dataflow:
+    flow = Dataflow("tile_updates")
+    raw = op.input("source", flow, make_source(settings))
+    validated = validate("validate", raw, config=validation_config(settings))
+    op.output("dead_letters", validated.errs, make_dlq(settings))
+    tiles = enrich("enrich", validated.oks)
+    updates = order_and_apply("apply", tiles, config=order_config(settings))
+    op.output("broadcast", updates, make_sink(settings))
+    return flow
+
+
+def validation_config(s: Settings) -> ValidationConfig:
+    return ValidationConfig(
+        max_record_bytes=s.max_record_bytes,
+        max_future_ms=int(s.max_future.total_seconds() * 1000),
+        hmac_secrets=s.secrets_by_key(),
+    )
+
+
+def order_config(s: Settings) -> OrderConfig:
+    return OrderConfig(
+        allowed_lateness_ms=int(s.allowed_lateness.total_seconds() * 1000),
+        max_delay_ms=int(s.max_delay.total_seconds() * 1000),
+        state_ttl_ms=int(s.state_ttl.total_seconds() * 1000),
+        max_recent_ids=s.max_recent_ids,
+        max_objects_per_tile=s.max_objects_per_tile,
+    )
+
+
+def make_source(s: Settings) -> Source[RawRecord]:
+    scheme, _, rest = s.source.partition(":")
+    if scheme == "file":
+        return JsonlFileSource(rest, max_record_bytes=s.max_record_bytes)
+    if scheme == "generator":
+        return GeneratorSource(GeneratorSpec.from_query(rest.lstrip("?")))
+    brokers, topic = kafka_uri(s.source)
+    return KafkaTopicSource(
+        brokers,
+        topic,
+        start=s.kafka_start,
+        batch_size=s.kafka_batch_size,
+        exit_at_end=s.kafka_exit_at_end,
+        extra_config=s.kafka_config,
+    )
+
+
+def make_sink(s: Settings) -> Sink[TileUpdate]:
+    scheme, _, rest = s.sink.partition(":")
+    if scheme == "file":
+        return FileUpdatesSink(rest)
+    url, options = redis_uri(s.sink)
+    target = RedisTarget(
+        url,
+        channel=options.get("channel", RedisTarget.channel),
+        prefix=options.get("prefix", s.redis_prefix),
+        mode=options.get("mode", s.publish_mode),  # type: ignore[arg-type]
+    )
+    return RedisBroadcastSink(target)
+
+
+def make_dlq(s: Settings) -> Sink[DeadLetter]:
+    scheme, _, rest = s.dlq.partition(":")
+    if scheme == "file":
+        return FileDeadLetterSink(rest, s.dlq_raw_limit)
+    brokers, topic = kafka_uri(s.dlq)
+    return KafkaDeadLetterSink(brokers, topic, s.dlq_raw_limit, s.kafka_config)
+
+
+flow = build_flow(Settings())

@@ -1,0 +1,174 @@
+"""Stages 5-7 for one tile: order by watermark, apply once, coalesce.
+
+:class:`TileState` is the whole per-tile state as a plain object (no Bytewax,
+no I/O, time passed in), so tests drive it directly. The three stages share
+one state per tile on purpose: one keyed step instead of three keeps the
+memory per tracked tile and the per-batch overhead down.
+
+Release rule: an event waits until the tile's watermark passes its event
+time, or until the oldest held event has waited ``max_delay`` of wall time;
+then everything held is released with it, so a busy tile broadcasts at most
+once per ``max_delay`` and no event waits longer. Released events are applied
+in (event time, version) order. An event
+that arrives after the watermark already passed it is late: applied at once
+if newer than what was applied, dropped as stale otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from operators.coalesce import coalesce
+from operators.dedup import Verdict, VersionGate
+from operators.order import Watermark
+from tilepipe.records import TileEvent, TileUpdate
+
+
+@dataclass(frozen=True)
+class OrderConfig:
+    allowed_lateness_ms: int = 1000
+    max_delay_ms: int = 250
+    state_ttl_ms: int = 300_000
+    """Idle tiles (nothing pending, no event for this long) are evicted."""
+    max_recent_ids: int = 64
+    max_objects_per_tile: int = 256
+
+
+class Release(NamedTuple):
+    """What one call produced: at most one update, plus the events it dropped."""
+
+    updates: list[TileUpdate]
+    duplicates: int = 0
+    stale: int = 0
+    late: int = 0  # arrived behind the watermark (applied or stale)
+
+
+class _Pending(NamedTuple):
+    event: TileEvent
+    arrived_ms: float
+
+
+class TileStateSnapshot(NamedTuple):
+    newest_ms: int | None
+    base_ms: int
+    set_at_ms: float
+    pending: tuple[_Pending, ...]
+    gate: tuple
+    last_active_ms: float
+
+
+class TileState:
+    __slots__ = ("_cfg", "_gate", "_last_active_ms", "_pending", "_wm")
+
+    def __init__(self, cfg: OrderConfig, snapshot: TileStateSnapshot | None = None) -> None:
+        self._cfg = cfg
+        if snapshot is None:
+            self._wm = Watermark(cfg.allowed_lateness_ms)
+            self._pending: list[_Pending] = []
+            self._gate = VersionGate(cfg.max_recent_ids, cfg.max_objects_per_tile)
+            self._last_active_ms = 0.0
+        else:
+            self._wm = Watermark(
+                cfg.allowed_lateness_ms, snapshot.newest_ms, snapshot.base_ms, snapshot.set_at_ms
+            )
+            self._pending = list(snapshot.pending)
+            self._gate = VersionGate.restore(
+                cfg.max_recent_ids, cfg.max_objects_per_tile, snapshot.gate
+            )
+            self._last_active_ms = snapshot.last_active_ms
+
+    # -- the verbs the operator calls -------------------------------------------------
+
+    def on_events(self, events: list[TileEvent], now_ms: float) -> Release:
+        self._last_active_ms = now_ms
+        applied: list[TileEvent] = []
+        duplicates = stale = late = 0
+        watermark = self._wm.at(now_ms)
+        for ev in events:
+            if ev.ts_ms <= watermark:
+                late += 1
+                verdict = self._gate.offer(ev)
+                if verdict is Verdict.APPLY:
+                    applied.append(ev)
+                elif verdict is Verdict.DUPLICATE:
+                    duplicates += 1
+                else:
+                    stale += 1
+            elif self._gate.seen(ev.event_id) or self._is_pending(ev.event_id):
+                duplicates += 1
+            else:
+                self._pending.append(_Pending(ev, now_ms))
+                self._wm.observe(ev.ts_ms, now_ms)
+        return self._release(now_ms, applied, duplicates, stale, late, flush=False)
+
+    def on_timer(self, now_ms: float) -> Release:
+        return self._release(now_ms, [], 0, 0, 0, flush=False)
+
+    def flush(self, now_ms: float) -> Release:
+        """Release everything held (end of input)."""
+        return self._release(now_ms, [], 0, 0, 0, flush=True)
+
+    def next_wakeup_ms(self) -> float:
+        """When to call :meth:`on_timer` next: the next release, or eviction."""
+        if not self._pending:
+            return self._last_active_ms + self._cfg.state_ttl_ms
+        oldest_deadline = self._pending[0].arrived_ms + self._cfg.max_delay_ms
+        return min(oldest_deadline, min(self._wm.passes_at(p.event.ts_ms) for p in self._pending))
+
+    def evictable(self, now_ms: float) -> bool:
+        return not self._pending and now_ms >= self._last_active_ms + self._cfg.state_ttl_ms
+
+    def snapshot(self) -> TileStateSnapshot:
+        wm = self._wm
+        return TileStateSnapshot(
+            wm.newest_ms,
+            wm.base_ms,
+            wm.set_at_ms,
+            tuple(self._pending),
+            self._gate.snapshot(),
+            self._last_active_ms,
+        )
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _is_pending(self, event_id: str) -> bool:
+        return any(p.event.event_id == event_id for p in self._pending)
+
+    def _release(
+        self,
+        now_ms: float,
+        applied: list[TileEvent],
+        duplicates: int,
+        stale: int,
+        late: int,
+        *,
+        flush: bool,
+    ) -> Release:
+        if self._pending:
+            if flush or self._pending[0].arrived_ms <= now_ms - self._cfg.max_delay_ms:
+                # The oldest held event is out of time: the tile broadcasts now, so
+                # everything held goes with it (one broadcast per max_delay at most).
+                due, keep = self._pending, []
+            else:
+                watermark = self._wm.at(now_ms)
+                due, keep = [], []
+                for p in self._pending:
+                    (due if p.event.ts_ms <= watermark else keep).append(p)
+            if due:
+                self._pending = keep
+                due.sort(key=lambda p: (p.event.ts_ms, p.event.vkey))
+                for p in due:
+                    verdict = self._gate.offer(p.event)
+                    if verdict is Verdict.APPLY:
+                        applied.append(p.event)
+                    elif verdict is Verdict.DUPLICATE:
+                        duplicates += 1
+                    else:
+                        stale += 1
+        updates = [coalesce(applied)] if applied else []
+        return Release(updates, duplicates, stale, late)

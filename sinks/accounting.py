@@ -1,0 +1,44 @@
+"""What a sink reports once a batch is safely out: outcomes and latencies.
+
+Outcomes are counted where they become final. An update counts its events
+as ``broadcast`` only after the publish succeeded; an update the store
+refused (it already held that version or a newer one, e.g. after a replay)
+counts them as ``duplicate`` or ``stale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tilepipe import metrics
+from tilepipe.records import TileUpdate
+from tilepipe.timeutil import now_ms
+
+PUBLISHED, DUPLICATE, STALE = 1, 0, -1
+
+
+def record_results(updates: Iterable[TileUpdate], results: Iterable[int]) -> None:
+    now = now_ms()
+    broadcast = duplicate = stale = published = suppressed = 0
+    newest_ts = 0
+    for update, result in zip(updates, results, strict=True):
+        if result == PUBLISHED:
+            published += 1
+            broadcast += update.events
+            metrics.E2E_LATENCY.observe(max(0.0, now - update.ts_ms) / 1000.0)
+            metrics.PROCESSING_LATENCY.observe(max(0.0, now - update.oldest_received_ms) / 1000.0)
+            newest_ts = max(newest_ts, update.ts_ms)
+        elif result == DUPLICATE:
+            suppressed += 1
+            duplicate += update.events
+        else:
+            suppressed += 1
+            stale += update.events
+    if published:
+        metrics.EVENTS.labels("broadcast").inc(broadcast)
+        metrics.TILE_UPDATES.labels("published").inc(published)
+        metrics.WATERMARK_LAG.set(max(0.0, now - newest_ts) / 1000.0)
+    if suppressed:
+        metrics.EVENTS.labels("duplicate").inc(duplicate)
+        metrics.EVENTS.labels("stale").inc(stale)
+        metrics.TILE_UPDATES.labels("suppressed").inc(suppressed)

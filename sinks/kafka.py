@@ -1,0 +1,123 @@
+"""Dead letters onto a Kafka topic, acknowledged before the batch completes.
+
+Each batch is produced with ``acks=all`` and flushed; a record the broker did
+not acknowledge is produced again (with back-off) until it is, so a DLQ
+outage holds the job back instead of losing bad records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaException, Producer
+
+from sinks.file import record_dead_letters
+from sinks.retry import RetryPolicy, write_with_retry
+from tilepipe.records import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryFailed(Exception):
+    pass
+
+
+class KafkaProducerWriter:
+    """Produce ``(key, value)`` pairs to one topic; returns once all are acked."""
+
+    def __init__(
+        self,
+        brokers: list[str],
+        topic: str,
+        extra_config: Mapping[str, str] | None = None,
+        policy: RetryPolicy | None = None,
+        flush_timeout_s: float = 10.0,
+    ) -> None:
+        config = {
+            "bootstrap.servers": ",".join(brokers),
+            "acks": "all",
+            "enable.idempotence": "true",
+            "linger.ms": "5",
+            "message.timeout.ms": str(int(flush_timeout_s * 1000)),
+        }
+        config.update(extra_config or {})
+        self.topic = topic
+        self.policy = policy or RetryPolicy()
+        self.flush_timeout_s = flush_timeout_s
+        self.producer = Producer(config)
+
+    def write(self, records: list[tuple[bytes | None, bytes]], sink: str = "kafka") -> None:
+        todo = list(records)
+
+        def attempt() -> None:
+            nonlocal todo
+            failed: list[tuple[bytes | None, bytes]] = []
+            errors: list[str] = []
+
+            def report(err, msg, rec) -> None:  # type: ignore[no-untyped-def]
+                if err is not None:
+                    failed.append(rec)
+                    errors.append(str(err))
+
+            for rec in todo:
+                while True:
+                    try:
+                        self.producer.produce(
+                            self.topic,
+                            key=rec[0],
+                            value=rec[1],
+                            on_delivery=lambda e, m, r=rec: report(e, m, r),
+                        )
+                        break
+                    except BufferError:
+                        self.producer.poll(0.1)
+            remaining = self.producer.flush(self.flush_timeout_s)
+            if remaining or failed:
+                todo = failed
+                raise DeliveryFailed(
+                    f"{len(failed)} of the batch not acknowledged by topic {self.topic!r}"
+                    + (f": {errors[0]}" if errors else "")
+                )
+
+        write_with_retry(sink, attempt, self.policy, (DeliveryFailed, KafkaException))
+
+    def close(self) -> None:
+        self.producer.flush(self.flush_timeout_s)
+
+
+class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
+    def __init__(self, writer: KafkaProducerWriter, raw_limit: int) -> None:
+        self._w = writer
+        self._raw_limit = raw_limit
+
+    def write_batch(self, items: list[DeadLetter]) -> None:
+        records = [
+            (None, json.dumps(d.to_json_dict(self._raw_limit), separators=(",", ":")).encode())
+            for d in items
+        ]
+        self._w.write(records, sink="dlq")
+        record_dead_letters(items)
+
+    def close(self) -> None:
+        self._w.close()
+
+
+class KafkaDeadLetterSink(DynamicSink[DeadLetter]):
+    def __init__(
+        self,
+        brokers: list[str],
+        topic: str,
+        raw_limit: int,
+        extra_config: Mapping[str, str] | None = None,
+    ) -> None:
+        self.brokers = brokers
+        self.topic = topic
+        self.raw_limit = raw_limit
+        self.extra_config = dict(extra_config or {})
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
+        writer = KafkaProducerWriter(self.brokers, self.topic, self.extra_config)
+        return _DeadLetterPartition(writer, self.raw_limit)

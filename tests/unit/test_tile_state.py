@@ -1,0 +1,213 @@
+"""Per-tile ordering, once-only application and coalescing (stages 5-7),
+driven directly with an explicit clock."""
+
+from __future__ import annotations
+
+import random
+
+from operators.tile_state import OrderConfig, TileState
+from tilepipe.records import TileEvent
+from tilepipe.tiles import tile_key
+from tilepipe.versions import version_key
+
+T0 = 1_800_000_000_000  # event-time origin, ms
+W0 = 5_000_000.0  # wall-clock origin, ms
+CFG = OrderConfig(allowed_lateness_ms=1000, max_delay_ms=250, state_ttl_ms=60_000)
+
+
+def ev(version: int | str, ts: int, event_id: str | None = None, obj: str = "") -> TileEvent:
+    return TileEvent(
+        key=tile_key(14, 8802, 5373),
+        tms="WebMercatorQuad",
+        z=14,
+        x=8802,
+        y=5373,
+        version=version,
+        vkey=version_key(version),
+        ts_ms=T0 + ts,
+        event_id=event_id or f"e-{version}-{ts}-{obj}",
+        source="test",
+        layers=None,
+        received_ms=W0,
+        object_id=obj,
+    )
+
+
+def drain(state: TileState, now: float) -> list:
+    """Fire timers until nothing is pending, as the runtime would."""
+    out = []
+    for _ in range(100):
+        if not state.pending_count:
+            break
+        now = max(now, state.next_wakeup_ms())
+        out.extend(state.on_timer(now).updates)
+    return out
+
+
+def test_a_single_event_is_held_then_released_within_max_delay():
+    s = TileState(CFG)
+    assert s.on_events([ev(1, 0)], W0).updates == []
+    assert s.next_wakeup_ms() <= W0 + CFG.max_delay_ms
+    assert s.on_timer(W0 + 100).updates == []
+    [update] = s.on_timer(W0 + CFG.max_delay_ms).updates
+    assert (update.version, update.events) == (1, 1)
+
+
+def test_shuffled_events_within_lateness_give_one_broadcast_of_the_newest():
+    events = [ev(v, v * 10) for v in range(1, 21)]
+    random.Random(3).shuffle(events)
+    s = TileState(CFG)
+    # Arrive over 200 ms of wall time, all inside the lateness window.
+    outs = []
+    for i, e in enumerate(events):
+        outs += s.on_events([e], W0 + i * 10).updates
+    outs += drain(s, W0 + 200)
+    assert len(outs) == 1
+    assert outs[0].version == 20
+    assert outs[0].events == 20  # every superseded version folds into the one broadcast
+    assert s.pending_count == 0
+
+
+def test_shuffled_release_counts_every_event():
+    events = [ev(v, v * 10) for v in range(1, 21)]
+    random.Random(5).shuffle(events)
+    s = TileState(CFG)
+    r = s.on_events(events, W0)
+    rest = s.on_timer(W0 + CFG.max_delay_ms)
+    applied = sum(u.events for u in r.updates + rest.updates)
+    dropped = r.duplicates + r.stale + rest.duplicates + rest.stale
+    assert applied + dropped == 20
+    assert [u.version for u in rest.updates] == [20]
+
+
+def test_duplicate_event_id_never_broadcasts_again():
+    s = TileState(CFG)
+    s.on_events([ev(1, 0, "a")], W0)
+    assert [u.version for u in s.on_timer(W0 + 300).updates] == [1]
+    again = s.on_events([ev(1, 0, "a")], W0 + 400)
+    assert again.updates == [] and again.duplicates == 1
+    assert drain(s, W0 + 400) == []
+
+
+def test_duplicate_while_still_pending_is_dropped():
+    s = TileState(CFG)
+    r = s.on_events([ev(1, 0, "a"), ev(1, 0, "a")], W0)
+    assert r.duplicates == 1
+    [u] = s.on_timer(W0 + 300).updates
+    assert u.events == 1
+
+
+def test_replayed_old_version_is_stale_and_not_broadcast():
+    s = TileState(CFG)
+    s.on_events([ev(5, 500)], W0)
+    assert [u.version for u in s.on_timer(W0 + 300).updates] == [5]
+    r = s.on_events([ev(3, 300, "replay-3")], W0 + 5000)
+    assert r.updates == [] and r.stale == 1 and r.late == 1
+
+
+def test_late_newer_version_is_applied_at_once():
+    s = TileState(CFG)
+    s.on_events([ev(1, 5000)], W0)
+    s.on_timer(W0 + 300)
+    # Event time far behind the watermark, but a newer version: applied now.
+    r = s.on_events([ev(2, 0)], W0 + 10_000)
+    assert [u.version for u in r.updates] == [2]
+    assert r.late == 1
+
+
+def test_versions_never_go_backwards_under_random_arrival():
+    rng = random.Random(11)
+    for _ in range(50):
+        events = [ev(v, v * rng.randrange(1, 50)) for v in range(1, 30)]
+        events += [ev(rng.randrange(1, 30), rng.randrange(0, 2000), f"x{i}") for i in range(10)]
+        rng.shuffle(events)
+        s = TileState(CFG)
+        now = W0
+        seen = []
+        for e in events:
+            now += rng.randrange(0, 400)
+            seen += s.on_events([e], now).updates
+            if rng.random() < 0.3:
+                seen += s.on_timer(now).updates
+        seen += s.flush(now).updates
+        keys = [(version_key(u.version), u.ts_ms) for u in seen]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+        assert seen[-1].version == max(version_key(e.version) for e in events)[0]
+
+
+def test_dotted_versions_compare_numerically():
+    s = TileState(CFG)
+    s.on_events([ev("1.10.0", 10), ev("1.9.0", 20)], W0)
+    [u] = s.on_timer(W0 + 300).updates
+    assert u.version == "1.10.0"
+
+
+def test_equal_versions_tie_break_on_event_time():
+    s = TileState(CFG)
+    s.on_events([ev(4, 30, "late-time"), ev(4, 10, "early-time")], W0)
+    [u] = s.on_timer(W0 + 300).updates
+    assert u.ts_ms == T0 + 30
+
+
+def test_watermark_does_not_declare_a_replayed_backlog_late():
+    """After an outage a backlog arrives fast with old event times: the
+    watermark follows the newest event seen, not the wall clock."""
+    s = TileState(CFG)
+    backlog = [ev(v, v * 1000) for v in range(1, 11)]  # 10 s of event time
+    r = s.on_events(backlog[:5], W0)
+    assert r.late == 0
+    r2 = s.on_events(backlog[5:], W0 + 50)
+    assert r2.late == 0 and r2.stale == 0
+
+
+def test_flush_releases_everything_held():
+    s = TileState(OrderConfig(allowed_lateness_ms=60_000, max_delay_ms=60_000))
+    s.on_events([ev(1, 0), ev(2, 10)], W0)
+    assert s.on_timer(W0 + 1000).updates == []
+    [u] = s.flush(W0 + 1000).updates
+    assert u.version == 2 and s.pending_count == 0
+
+
+def test_idle_state_becomes_evictable_after_ttl_and_not_before():
+    s = TileState(CFG)
+    s.on_events([ev(1, 0)], W0)
+    s.on_timer(W0 + 300)
+    assert s.next_wakeup_ms() == W0 + CFG.state_ttl_ms
+    assert not s.evictable(W0 + CFG.state_ttl_ms - 1)
+    assert s.evictable(W0 + CFG.state_ttl_ms)
+
+
+def test_pending_state_is_never_evictable():
+    s = TileState(OrderConfig(state_ttl_ms=10, max_delay_ms=10_000, allowed_lateness_ms=10_000))
+    s.on_events([ev(1, 0)], W0)
+    assert not s.evictable(W0 + 1_000)
+
+
+def test_snapshot_restores_the_same_decisions():
+    s = TileState(CFG)
+    s.on_events([ev(1, 0, "a"), ev(2, 10, "b")], W0)
+    s.on_timer(W0 + 300)
+    s.on_events([ev(3, 20, "c")], W0 + 400)
+    restored = TileState(CFG, s.snapshot())
+    assert restored.on_events([ev(2, 10, "b")], W0 + 500).duplicates == 1
+    assert [u.version for u in restored.on_timer(W0 + 700).updates] == [3]
+
+
+def test_snapshot_is_immutable():
+    s = TileState(CFG)
+    s.on_events([ev(1, 0)], W0)
+    snap = s.snapshot()
+    s.on_events([ev(2, 10)], W0 + 1)
+    s.on_timer(W0 + 400)
+    assert len(snap.pending) == 1
+    assert snap.gate == ((), ())
+
+
+def test_objects_on_one_tile_do_not_suppress_each_other():
+    s = TileState(CFG)
+    s.on_events([ev(9, 0, obj="road-1")], W0)
+    s.on_timer(W0 + 300)
+    r = s.on_events([ev(2, 10, obj="park-7")], W0 + 400)
+    [u] = r.updates + s.on_timer(W0 + 700).updates
+    assert u.version == 2
+    assert dict(u.objects).keys() == {"park-7"}

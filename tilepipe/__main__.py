@@ -1,0 +1,5 @@
+import sys
+
+from tilepipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""The ``tilepipe`` command.
+
+``tilepipe run`` runs the dataflow. Flags override ``TILEPIPE_*`` environment
+variables, which override the defaults in :mod:`dataflows.settings`. With
+nothing configured it runs on the built-in generator and prints
+``tile_updated`` lines, so a newcomer sees it work in one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from tilepipe import __version__
+
+log = logging.getLogger("tilepipe")
+
+RUN_EXAMPLES = """\
+examples:
+  tilepipe run                                   # built-in generator in, tile_updated on stdout
+  tilepipe run --source file:events.jsonl --sink file:out.jsonl --dlq file:dlq.jsonl
+  tilepipe run --source kafka://127.0.0.1:9092/tile-events \\
+               --sink 'redis://127.0.0.1:6379/0?channel=tiles' \\
+               --dlq kafka://127.0.0.1:9092/tile-events-dlq \\
+               --recovery-dir /var/lib/tilepipe/recovery --metrics-port 9464
+  TILEPIPE_SOURCE=file:- tilepipe run < events.jsonl
+
+Every flag has a TILEPIPE_* environment variable (e.g. TILEPIPE_MAX_DELAY=250ms).
+A file or generator source ends at end of input: held events are released and
+a one-line summary of every record's outcome is printed to stderr.
+"""
+
+
+class UserError(Exception):
+    """A configuration or environment problem the user can fix; no traceback."""
+
+
+def _run_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "run",
+        help="run the tile-update dataflow",
+        description="Run the tile-update dataflow: validate, order per tile, apply each "
+        "tile's versions once and forward, broadcast tile_updated.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("connectors")
+    io.add_argument("--source", help="file:PATH (- = stdin) | kafka://HOST:PORT[,..]/TOPIC "
+                    "| generator:?events=N&rate=N  [default: generator:]")  # fmt: skip
+    io.add_argument("--sink", help="file:PATH (- = stdout) | redis://HOST:PORT/DB?channel=NAME "
+                    "[default: file:-]")  # fmt: skip
+    io.add_argument("--dlq", help="file:PATH | kafka://HOST:PORT/TOPIC [default: file:/dev/stderr]")
+    io.add_argument("--kafka-start", choices=("earliest", "latest"),
+                    help="where a Kafka source starts on its first run [earliest]")  # fmt: skip
+    io.add_argument(
+        "--kafka-exit-at-end",
+        action="store_true",
+        default=None,
+        help="stop at the end of every Kafka partition instead of tailing (backfill)",
+    )
+    ex = p.add_argument_group("execution")
+    ex.add_argument("--workers", type=int, help="worker processes on this machine [1]")
+    ex.add_argument("--recovery-dir", help="Bytewax recovery directory, created on first use")
+    ex.add_argument("--snapshot-interval", help="how often state and offsets are snapshotted [5s]")
+    ex.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    ex.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO]")
+    ex.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+    ex.add_argument("--addresses", help=argparse.SUPPRESS)
+    ex.add_argument("--summary-file", help=argparse.SUPPRESS)
+    order = p.add_argument_group("ordering and state")
+    order.add_argument("--allowed-lateness", help="event-time disorder tolerated per tile [1s]")
+    order.add_argument("--max-delay", help="longest an event is held for ordering [250ms]")
+    order.add_argument("--state-ttl", help="idle tiles' state is evicted after this [5m]")
+    return p
+
+
+_SETTING_FLAGS = (
+    "source", "sink", "dlq", "kafka_start", "kafka_exit_at_end", "workers", "recovery_dir",
+    "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
+    "allowed_lateness", "max_delay", "state_ttl",
+)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tilepipe",
+        description="Keep web map tiles in sync with their data.",
+        epilog="Run 'tilepipe COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"tilepipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _run_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "run":
+            return run(args)
+    except UserError as e:
+        print(f"tilepipe {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def load_settings(args: argparse.Namespace) -> Any:
+    from dataflows.settings import Settings
+
+    overrides = {k: getattr(args, k) for k in _SETTING_FLAGS if getattr(args, k, None) is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        raise UserError(
+            f"invalid setting {where}: {msg} (flag --{where.replace('_', '-')}"
+            f" or TILEPIPE_{where.upper()})"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    from tilepipe.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    if settings.workers > 1 and settings.process_id is None:
+        return _run_cluster(settings, args)
+    from tilepipe.runner import preflight, run_process
+
+    preflight(settings)
+    counts = run_process(settings)
+    if args.summary_file:
+        Path(args.summary_file).write_text(json.dumps(counts))
+    elif counts is not None:
+        from tilepipe.metrics import Accounting
+
+        print(Accounting.summary_line(counts), file=sys.stderr)
+    return 0
+
+
+def _run_cluster(settings: Any, args: argparse.Namespace) -> int:
+    """Start ``workers`` processes as one Bytewax cluster on loopback."""
+    from tilepipe.metrics import OUTCOMES, Accounting
+    from tilepipe.runner import free_ports, preflight
+
+    preflight(settings)
+    ports = free_ports(settings.workers)
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    argv = sys.argv[1:]
+    summaries = tempfile.mkdtemp(prefix="tilepipe-")
+    procs = []
+    for i in range(settings.workers):
+        cmd = [sys.executable, "-m", "tilepipe", *argv, "--process-id", str(i),
+               "--addresses", addresses, "--summary-file", f"{summaries}/{i}.json"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise UserError(f"worker processes exited with {codes}; see their log lines above")
+    totals = dict.fromkeys((*OUTCOMES, "in"), 0)
+    for i in range(settings.workers):
+        path = Path(summaries, f"{i}.json")
+        if path.exists():
+            for k, v in json.loads(path.read_text()).items():
+                totals[k] = totals.get(k, 0) + v
+    print(Accounting.summary_line(totals), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

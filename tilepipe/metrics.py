@@ -1,0 +1,87 @@
+"""Prometheus metrics, named per ARCHITECTURE.md (``tilepipe_`` prefix,
+base units, ``_total`` counters, ``_seconds`` histograms).
+
+No label carries a tile or an H3 cell: label values come from small closed
+sets (outcomes, reason codes, topics and partitions). :class:`Accounting`
+reads the counters back for the end-of-input summary line.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# 5 ms .. 60 s, roughly x2 per bucket: resolves sub-second sync and outages alike.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.175, 0.25, 0.35, 0.5, 0.75,
+    1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+
+OUTCOMES = ("broadcast", "duplicate", "stale", "dead_letter")
+
+EVENTS_IN = Counter("tilepipe_events_in_total", "Input records read by the sources.")
+EVENTS = Counter(
+    "tilepipe_events_total",
+    "Input records by final outcome: broadcast (alone or coalesced), duplicate, stale,"
+    " dead_letter. Every record read ends in exactly one.",
+    ["outcome"],
+)
+DEAD_LETTERS = Counter(
+    "tilepipe_dead_letters_total", "Records sent to the dead-letter output, by reason.", ["reason"]
+)
+LATE_EVENTS = Counter(
+    "tilepipe_late_events_total", "Events that arrived behind their tile's watermark."
+)
+TILE_UPDATES = Counter(
+    "tilepipe_tile_updates_total",
+    "Render triggers (coalesced tile updates) by what the sink did with them.",
+    ["result"],  # published | suppressed (store already had this or a newer version)
+)
+BROADCAST_ERRORS = Counter(
+    "tilepipe_broadcast_errors_total", "Failed attempts to write a batch to the sink.", ["sink"]
+)
+BROADCAST_RETRIES = Counter(
+    "tilepipe_broadcast_retries_total", "Batches retried after a sink error.", ["sink"]
+)
+E2E_LATENCY = Histogram(
+    "tilepipe_end_to_end_latency_seconds",
+    "Event time of the newest event in an update to its publish.",
+    buckets=LATENCY_BUCKETS,
+)
+PROCESSING_LATENCY = Histogram(
+    "tilepipe_processing_latency_seconds",
+    "Ingest (source read) of the oldest event in an update to its publish.",
+    buckets=LATENCY_BUCKETS,
+)
+TILES_TRACKED = Gauge("tilepipe_tiles_tracked", "Tiles with state in this process.")
+WATERMARK_LAG = Gauge(
+    "tilepipe_watermark_lag_seconds",
+    "Wall clock minus the event time of the newest update published (how far behind"
+    " real time the output is).",
+)
+CONSUMER_LAG = Gauge(
+    "tilepipe_kafka_consumer_lag",
+    "Log-end offset minus this job's position, per topic and partition (messages).",
+    ["topic", "partition"],
+)
+SINK_UP = Gauge("tilepipe_sink_up", "1 when the sink's last write succeeded, else 0.", ["sink"])
+
+
+class Accounting:
+    """The outcome counters as plain numbers, for summaries and tests."""
+
+    @staticmethod
+    def snapshot() -> dict[str, int]:
+        counts = {o: int(EVENTS.labels(o)._value.get()) for o in OUTCOMES}
+        counts["in"] = int(EVENTS_IN._value.get())
+        return counts
+
+    @staticmethod
+    def summary_line(counts: dict[str, int]) -> str:
+        accounted = sum(counts[o] for o in OUTCOMES)
+        pending = counts["in"] - accounted
+        return (
+            f"tilepipe: {counts['in']} records in: {counts['broadcast']} broadcast,"
+            f" {counts['duplicate']} duplicate, {counts['stale']} stale,"
+            f" {counts['dead_letter']} dead-lettered"
+            + ("" if pending == 0 else f", {pending} unaccounted")
+        )

@@ -1,0 +1,164 @@
+"""Running the dataflow in this process: checks first, then Bytewax.
+
+:func:`preflight` turns the usual mistakes (a broker or Redis that does not
+answer, a missing topic or file) into one clear line before anything starts.
+:func:`run_process` sets up metrics, recovery, signals and progress logs and
+hands the flow to Bytewax.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tilepipe.cli import UserError
+
+log = logging.getLogger("tilepipe.run")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def preflight(settings: Any) -> None:
+    from dataflows.settings import kafka_uri, redis_uri
+
+    try:
+        for name, uri in (("source", settings.source), ("dlq", settings.dlq)):
+            if uri.startswith("kafka:"):
+                brokers, topic = kafka_uri(uri)
+                _check_kafka(name, brokers, topic, settings.kafka_config)
+        if settings.source.startswith("file:"):
+            path = settings.source[5:]
+            if path != "-" and not Path(path).is_file():
+                raise UserError(f"source file {path!r} does not exist")
+        if settings.source.startswith("generator:"):
+            from sources.generator import GeneratorSpec
+
+            GeneratorSpec.from_query(settings.source[10:].lstrip("?"))
+        if settings.sink.startswith(("redis:", "rediss:")):
+            url, _ = redis_uri(settings.sink)
+            _check_redis(url)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _check_kafka(name: str, brokers: list[str], topic: str, extra: dict[str, str]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **extra})
+    try:
+        meta = admin.list_topics(timeout=5)
+    except Exception as e:
+        raise UserError(
+            f"{name}: Kafka at {','.join(brokers)} did not answer ({e}); is the broker running"
+            " and the address right?"
+        ) from None
+    if topic not in meta.topics:
+        raise UserError(
+            f"{name}: topic {topic!r} does not exist on {','.join(brokers)}; create it first"
+            " (its partition count is the job's parallelism)"
+        )
+
+
+def _check_redis(url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.RedisError as e:
+        safe = url.split("@")[-1]  # never print a password
+        raise UserError(f"sink: Redis at {safe} did not answer ({e}); is it running?") from None
+
+
+def _init_recovery(settings: Any) -> Any:
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    path = Path(settings.recovery_dir)
+    if not path.exists() or not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        count = max(settings.recovery_partitions, settings.workers)
+        init_db_dir(path, count)
+        log.info("created recovery store %s with %d partitions", path, count)
+    return RecoveryConfig(path)
+
+
+class _Progress(threading.Thread):
+    """Logs rates, lag and state size every ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="tilepipe-progress", daemon=True)
+        self.interval = interval
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from tilepipe import metrics
+
+        last = metrics.Accounting.snapshot()
+        last_t = time.monotonic()
+        while not self.stop.wait(self.interval):
+            now = metrics.Accounting.snapshot()
+            t = time.monotonic()
+            dt = max(t - last_t, 1e-9)
+            lag = sum(s.value for m in metrics.CONSUMER_LAG.collect() for s in m.samples)
+            log.info(
+                "progress: %.0f in/s, %.0f broadcast/s, %d dead-lettered, consumer lag %d,"
+                " %d tiles tracked",
+                (now["in"] - last["in"]) / dt,
+                (now["broadcast"] - last["broadcast"]) / dt,
+                now["dead_letter"],
+                lag,
+                metrics.TILES_TRACKED._value.get(),
+                extra={"counts": now, "consumer_lag": lag},
+            )
+            last, last_t = now, t
+
+
+def run_process(settings: Any) -> dict[str, int] | None:
+    """Run this process's part of the flow; returns the accounting at the end."""
+    from bytewax.run import cli_main
+
+    from dataflows.tile_updates import build_flow
+    from tilepipe.metrics import Accounting
+
+    flow = build_flow(settings)
+    pid = settings.process_id or 0
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port + pid, addr="0.0.0.0")
+    recovery = _init_recovery(settings) if settings.recovery_dir else None
+    # Kubernetes stops pods with SIGTERM: treat it like Ctrl-C so Bytewax stops cleanly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    progress = _Progress(float(os.environ.get("TILEPIPE_PROGRESS_INTERVAL", "10")))
+    progress.start()
+    kwargs: dict[str, Any] = {
+        "epoch_interval": settings.snapshot_interval
+        if recovery
+        else timedelta(seconds=max(1.0, settings.snapshot_interval.total_seconds())),
+        "recovery_config": recovery,
+    }
+    if settings.addresses:
+        kwargs["addresses"] = settings.addresses.split(";")
+        kwargs["process_id"] = settings.process_id
+    try:
+        cli_main(flow, **kwargs)
+    except KeyboardInterrupt:
+        log.info("stopped by signal")
+    finally:
+        progress.stop.set()
+    return Accounting.snapshot()

@@ -1,0 +1,101 @@
+"""Tile math for the OGC 2D-TMS ``WebMercatorQuad`` tile matrix set.
+
+Pure functions, no I/O: tile bounds in EPSG:4326 and EPSG:3857, quadkeys and
+the canonical tile key ``"{z}:{quadkey}"`` the dataflow partitions by. Bounds
+follow the XYZ convention used by web maps (row 0 is the northernmost row),
+which is also how 2D-TMS numbers ``WebMercatorQuad`` tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+WEB_MERCATOR_QUAD = "WebMercatorQuad"
+SUPPORTED_TMS = frozenset({WEB_MERCATOR_QUAD})
+MAX_ZOOM = 30
+
+EARTH_RADIUS_M = 6378137.0
+ORIGIN_SHIFT_M = math.pi * EARTH_RADIUS_M  # half the 3857 world width
+MAX_LATITUDE = 85.0511287798066  # atan(sinh(pi)) in degrees: the square world's edge
+
+
+class Bounds(NamedTuple):
+    """A ``(west, south, east, north)`` box; order as in GeoJSON ``bbox``."""
+
+    west: float
+    south: float
+    east: float
+    north: float
+
+
+def tile_count(z: int) -> int:
+    return 1 << z
+
+
+def tile_bounds_lonlat(z: int, x: int, y: int) -> Bounds:
+    """Bounds of tile ``z/x/y`` in EPSG:4326 degrees."""
+    n = 1 << z
+    west = x / n * 360.0 - 180.0
+    east = (x + 1) / n * 360.0 - 180.0
+    north = _row_edge_latitude(y, n)
+    south = _row_edge_latitude(y + 1, n)
+    return Bounds(west, south, east, north)
+
+
+def tile_bounds_mercator(z: int, x: int, y: int) -> Bounds:
+    """Bounds of tile ``z/x/y`` in EPSG:3857 metres."""
+    size = 2 * ORIGIN_SHIFT_M / (1 << z)
+    west = -ORIGIN_SHIFT_M + x * size
+    north = ORIGIN_SHIFT_M - y * size
+    return Bounds(west, north - size, west + size, north)
+
+
+def _row_edge_latitude(row: int, n: int) -> float:
+    return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / n))))
+
+
+def quadkey(z: int, x: int, y: int) -> str:
+    """Bing-style quadkey; ``""`` for the z0 world tile."""
+    digits = []
+    for i in range(z, 0, -1):
+        mask = 1 << (i - 1)
+        digits.append(str((1 if x & mask else 0) + (2 if y & mask else 0)))
+    return "".join(digits)
+
+
+def from_quadkey(qk: str) -> tuple[int, int, int]:
+    """Inverse of :func:`quadkey`: ``(z, x, y)``."""
+    x = y = 0
+    z = len(qk)
+    for i, digit in enumerate(qk):
+        mask = 1 << (z - i - 1)
+        d = int(digit)
+        if d & 1:
+            x |= mask
+        if d & 2:
+            y |= mask
+    return z, x, y
+
+
+def tile_key(z: int, x: int, y: int) -> str:
+    """The key the dataflow partitions and orders by: ``"{z}:{quadkey}"``.
+
+    Quadkeys keep a tile's descendants under a common prefix, so keys of one
+    area sort together; the zoom prefix keeps the z0 key non-empty.
+    """
+    return f"{z}:{quadkey(z, x, y)}"
+
+
+def parse_tile_key(key: str) -> tuple[int, int, int]:
+    z_text, qk = key.split(":", 1)
+    z, x, y = from_quadkey(qk)
+    if z != int(z_text):
+        raise ValueError(f"tile key {key!r}: zoom {z_text} does not match quadkey length {z}")
+    return z, x, y
+
+
+def bbox_matches(z: int, x: int, y: int, bbox: tuple[float, ...], tolerance: float = 1e-6) -> bool:
+    """Whether a producer-supplied ``bbox`` describes tile ``z/x/y`` (in degrees)."""
+    expected = tile_bounds_lonlat(z, x, y)
+    return all(abs(a - b) <= tolerance for a, b in zip(bbox, expected, strict=True))

@@ -1,0 +1,103 @@
+"""Wire format v1: the pydantic models that are the schema of record.
+
+Every producer-facing check lives here, so the dataflow and the HTTP ingress
+reject the same records with the same reason codes. Custom checks raise
+``PydanticCustomError`` with a stable type, which becomes the DLQ ``reason``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from tilepipe.tiles import MAX_ZOOM, SUPPORTED_TMS, WEB_MERCATOR_QUAD, bbox_matches
+from tilepipe.timeutil import parse_event_time
+from tilepipe.versions import version_key
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event_id: Annotated[str, Field(min_length=1, max_length=256)]
+    version: int | str
+    source: Annotated[str, Field(min_length=1, max_length=256)]
+    ts: int | float | str
+    tms: str = WEB_MERCATOR_QUAD
+    layers: Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=64)] | None = (
+        None
+    )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _check_version(cls, v: Any) -> Any:
+        try:
+            version_key(v)
+        except ValueError as e:
+            raise PydanticCustomError("invalid_version", str(e)) from None
+        return v
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _check_ts(cls, v: Any) -> Any:
+        try:
+            parse_event_time(v)
+        except ValueError as e:
+            raise PydanticCustomError("invalid_timestamp", str(e)) from None
+        return v
+
+    @field_validator("tms")
+    @classmethod
+    def _check_tms(cls, v: str) -> str:
+        if v not in SUPPORTED_TMS:
+            raise PydanticCustomError(
+                "unsupported_tms",
+                "tile matrix set {tms!r} is not supported (supported: {supported})",
+                {"tms": v, "supported": ", ".join(sorted(SUPPORTED_TMS))},
+            )
+        return v
+
+
+class TileEventIn(_EventBase):
+    """``kind: "tile"``: one tile named directly."""
+
+    kind: Literal["tile"]
+    z: Annotated[int, Field(strict=True)]
+    x: Annotated[int, Field(strict=True)]
+    y: Annotated[int, Field(strict=True)]
+    bbox: Annotated[list[float], Field(min_length=4, max_length=4)] | None = None
+
+    @model_validator(mode="after")
+    def _check_tile(self) -> TileEventIn:
+        if not 0 <= self.z <= MAX_ZOOM:
+            raise PydanticCustomError(
+                "tile_out_of_range", "z={z} is outside 0..{max}", {"z": self.z, "max": MAX_ZOOM}
+            )
+        n = 1 << self.z
+        for name, value in (("x", self.x), ("y", self.y)):
+            if not 0 <= value < n:
+                raise PydanticCustomError(
+                    "tile_out_of_range",
+                    "{name}={value} is outside 0..{last} at z={z}",
+                    {"name": name, "value": value, "last": n - 1, "z": self.z},
+                )
+        if self.bbox is not None and not bbox_matches(self.z, self.x, self.y, tuple(self.bbox)):
+            raise PydanticCustomError(
+                "bbox_mismatch",
+                "bbox {bbox} does not match the bounds of tile {z}/{x}/{y}",
+                {"bbox": self.bbox, "z": self.z, "x": self.x, "y": self.y},
+            )
+        return self
+
+
+# Fan-out kinds join this union (with their own models) as they are built.
+AnyEventIn = Annotated[TileEventIn, Field(discriminator="kind")]
+EVENT_ADAPTER: TypeAdapter[TileEventIn] = TypeAdapter(AnyEventIn)
