@@ -143,3 +143,11 @@ def redis_uri(uri: str) -> tuple[str, dict[str, str]]:
     rest = "&".join(f"{k}={v}" for k, v in query.items() if k not in ours)
     url = parts._replace(query=rest).geturl()
     return url, options
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its user and password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc).geturl()

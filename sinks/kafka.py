@@ -19,6 +19,8 @@ from sinks.retry import RetryPolicy, write_with_retry
 from tilepipe.records import DeadLetter
 
 log = logging.getLogger(__name__)
+# librdkafka logs through Python logging (JSON lines), not straight to stderr.
+KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
 
 
 class DeliveryFailed(Exception):
@@ -42,6 +44,7 @@ class KafkaProducerWriter:
             "enable.idempotence": "true",
             "linger.ms": "5",
             "message.timeout.ms": str(int(flush_timeout_s * 1000)),
+            "logger": KAFKA_LOGGER,
         }
         config.update(extra_config or {})
         self.topic = topic

@@ -25,6 +25,8 @@ from tilepipe.records import RawRecord
 from tilepipe.timeutil import now_ms
 
 log = logging.getLogger(__name__)
+# librdkafka logs through Python logging (JSON lines), not straight to stderr.
+KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
 
 _IDLE_POLL = timedelta(milliseconds=5)
 _LAG_EVERY_S = 2.0
@@ -148,12 +150,19 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
             "group.id": "tilepipe-unused",
             "enable.auto.commit": "false",
             "enable.partition.eof": "true" if self.exit_at_end else "false",
+            "logger": KAFKA_LOGGER,
         }
         config.update(self.extra_config)
         return config
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient({"bootstrap.servers": ",".join(self.brokers), **self.extra_config})
+        admin = AdminClient(
+            {
+                "bootstrap.servers": ",".join(self.brokers),
+                **self.extra_config,
+                "logger": KAFKA_LOGGER,
+            }
+        )
         meta = admin.list_topics(self.topic, timeout=10)
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:

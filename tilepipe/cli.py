@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tilepipe",
         description="Keep web map tiles in sync with their data.",
-        epilog="Run 'tilepipe COMMAND --help' for a command's options and examples.",
+        epilog="examples:\n"
+        "  tilepipe run                       # the job on the built-in generator\n"
+        "  tilepipe run --source kafka://127.0.0.1:9092/tile-events --sink redis://127.0.0.1:6379/0\n"
+        "\nRun 'tilepipe COMMAND --help' for a command's options and more examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tilepipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

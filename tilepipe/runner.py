@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from dataflows.settings import redact_url
 from tilepipe.cli import UserError
 
 log = logging.getLogger("tilepipe.run")
@@ -60,7 +61,10 @@ def preflight(settings: Any) -> None:
 def _check_kafka(name: str, brokers: list[str], topic: str, extra: dict[str, str]) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **extra})
+    quiet = logging.getLogger("tilepipe.kafka.preflight")
+    quiet.propagate = False  # the one-line error below says it all
+    quiet.addHandler(logging.NullHandler())
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **extra, "logger": quiet})
     try:
         meta = admin.list_topics(timeout=5)
     except Exception as e:
@@ -81,8 +85,9 @@ def _check_redis(url: str) -> None:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
     except redis.RedisError as e:
-        safe = url.split("@")[-1]  # never print a password
-        raise UserError(f"sink: Redis at {safe} did not answer ({e}); is it running?") from None
+        raise UserError(
+            f"sink: Redis at {redact_url(url)} did not answer ({e}); is it running?"
+        ) from None
 
 
 def _init_recovery(settings: Any) -> Any:
