@@ -13,7 +13,7 @@ from typing import IO
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from tilepipe import metrics
+from tilepipe import metrics, shutdown
 from tilepipe.records import RawRecord
 from tilepipe.timeutil import now_ms
 
@@ -34,6 +34,8 @@ class _FilePartition(StatefulSourcePartition[RawRecord, FilePosition]):
             self._f.seek(self._offset)
 
     def next_batch(self) -> list[RawRecord]:
+        if shutdown.requested.is_set():
+            raise StopIteration
         batch: list[RawRecord] = []
         received = now_ms()
         while len(batch) < self._batch_size:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from tilepipe import metrics
+from tilepipe import metrics, shutdown
 from tilepipe.records import RawRecord
 from tilepipe.timeutil import now_ms
 
@@ -107,6 +107,8 @@ class _GeneratorPartition(StatefulSourcePartition[RawRecord, int]):
     def next_batch(self) -> list[RawRecord]:
         spec = self._spec
         if self._made >= spec.events:
+            raise StopIteration
+        if shutdown.requested.is_set():
             raise StopIteration
         n = min(spec.batch, spec.events - self._made)
         if spec.rate > 0:

@@ -20,7 +20,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from tilepipe import metrics
+from tilepipe import metrics, shutdown
 from tilepipe.records import RawRecord
 from tilepipe.timeutil import now_ms
 
@@ -58,6 +58,8 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
 
     def next_batch(self) -> list[RawRecord]:
         if self._at_end:
+            raise StopIteration
+        if shutdown.requested.is_set():
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
         received = now_ms()

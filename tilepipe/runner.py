@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflows.settings import redact_url
+from tilepipe import shutdown
 from tilepipe.cli import UserError
 
 log = logging.getLogger("tilepipe.run")
@@ -147,8 +147,7 @@ def run_process(settings: Any) -> dict[str, int] | None:
 
         start_http_server(settings.metrics_port + pid, addr="0.0.0.0")
     recovery = _init_recovery(settings) if settings.recovery_dir else None
-    # Kubernetes stops pods with SIGTERM: treat it like Ctrl-C so Bytewax stops cleanly.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    shutdown.install()
     progress = _Progress(float(os.environ.get("TILEPIPE_PROGRESS_INTERVAL", "10")))
     progress.start()
     kwargs: dict[str, Any] = {
@@ -162,8 +161,6 @@ def run_process(settings: Any) -> dict[str, int] | None:
         kwargs["process_id"] = settings.process_id
     try:
         cli_main(flow, **kwargs)
-    except KeyboardInterrupt:
-        log.info("stopped by signal")
     finally:
         progress.stop.set()
     return Accounting.snapshot()
