@@ -10,6 +10,7 @@ the same hash and clients can ignore the repeat. Pure logic.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 
 from tilepipe.records import TileEvent, TileUpdate
@@ -17,7 +18,8 @@ from tilepipe.versions import order_key
 
 
 def update_hash(tms: str, z: int, x: int, y: int, objects: Sequence[tuple[str, str]]) -> str:
-    text = f"{tms}/{z}/{x}/{y}|" + ";".join(f"{obj}={order}" for obj, order in sorted(objects))
+    # JSON quoting keeps the encoding unambiguous whatever an upstream object id contains.
+    text = json.dumps([tms, z, x, y, sorted(objects)], separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

@@ -60,7 +60,8 @@ class VersionGate:
         verdict = self.judge(event)
         if verdict is Verdict.APPLY:
             applied = self._applied
-            if event.object_id not in applied and len(applied) >= self._max_objects:
+            # Least recently applied objects are forgotten first.
+            if applied.pop(event.object_id, None) is None and len(applied) >= self._max_objects:
                 del applied[next(iter(applied))]
             applied[event.object_id] = (event.vkey, event.ts_ms)
             self._remember(event.event_id)

@@ -22,7 +22,7 @@ from tilepipe.records import DeadLetter, RawRecord, TileEvent
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
-from tilepipe.wire import EVENT_ADAPTER, TileEventIn
+from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, TileEventIn
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,15 @@ def _from_validation_error(rec: RawRecord, exc: ValidationError) -> DeadLetter:
     etype = first["type"]
     reason = _REASONS.get(etype)
     if reason is None:
-        reason = "invalid_type" if etype.endswith(("_type", "_parsing")) else etype
+        if etype in OWN_REASONS:
+            reason = etype
+        elif etype.endswith(("_type", "_parsing")):
+            reason = "invalid_type"
+        else:
+            reason = "invalid_value"
+    ctx_field = (first.get("ctx") or {}).get("field")
+    if ctx_field:
+        loc = [ctx_field]
     if reason == "missing_field" and etype == "union_tag_not_found":
         loc = ["kind"]
     field = ".".join(loc) or None

@@ -57,9 +57,8 @@ class _FilePartition(StatefulSourcePartition[RawRecord, FilePosition]):
                 RawRecord(
                     body,
                     {"file": self._label, "line": line_no},
-                    (),
                     received,
-                    size if size > len(line) else 0,
+                    truncated_from=size if size > len(line) else 0,
                 )
             )
         metrics.EVENTS_IN.inc(len(batch))

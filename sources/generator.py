@@ -115,7 +115,7 @@ class _GeneratorPartition(StatefulSourcePartition[RawRecord, int]):
             n = max(1, min(n, int(spec.rate / 100)))  # ~100 batches a second
             self._next_at = datetime.now(timezone.utc) + timedelta(seconds=n / spec.rate)
         received = now_ms()
-        batch = [RawRecord(self._make(received), {"generator": spec.seed, "n": self._made}, (),
+        batch = [RawRecord(self._make(received), {"generator": spec.seed, "n": self._made},
                            received) for _ in range(n)]  # fmt: skip
         metrics.EVENTS_IN.inc(len(batch))
         return batch

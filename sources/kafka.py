@@ -76,8 +76,8 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
                 RawRecord(
                     msg.value(),
                     {"topic": topic, "partition": partition, "offset": offset},
-                    tuple(headers) if headers else (),
                     received,
+                    tuple(headers) if headers else (),
                 )
             )
             self._next_offset = offset + 1

@@ -19,9 +19,9 @@ class RawRecord(NamedTuple):
     value: bytes
     origin: dict[str, Any]
     """Where it came from: ``{topic, partition, offset}`` or ``{file, line}``."""
-    headers: tuple[tuple[str, bytes], ...] = ()
-    received_ms: float = 0.0
+    received_ms: float
     """Wall-clock time the source read it, epoch milliseconds."""
+    headers: tuple[tuple[str, bytes], ...] = ()
     truncated_from: int = 0
     """The record's real size when the source kept only its head (oversized)."""
 

@@ -66,6 +66,8 @@ def quadkey(z: int, x: int, y: int) -> str:
 
 def from_quadkey(qk: str) -> tuple[int, int, int]:
     """Inverse of :func:`quadkey`: ``(z, x, y)``."""
+    if qk.strip("0123") != "":
+        raise ValueError(f"quadkey {qk!r} has digits other than 0-3")
     x = y = 0
     z = len(qk)
     for i, digit in enumerate(qk):
@@ -95,7 +97,20 @@ def parse_tile_key(key: str) -> tuple[int, int, int]:
     return z, x, y
 
 
-def bbox_matches(z: int, x: int, y: int, bbox: tuple[float, ...], tolerance: float = 1e-6) -> bool:
-    """Whether a producer-supplied ``bbox`` describes tile ``z/x/y`` (in degrees)."""
-    expected = tile_bounds_lonlat(z, x, y)
-    return all(abs(a - b) <= tolerance for a, b in zip(bbox, expected, strict=True))
+def bbox_matches(z: int, x: int, y: int, bbox: tuple[float, ...]) -> bool:
+    """Whether a producer-supplied ``bbox`` describes tile ``z/x/y`` (in degrees).
+
+    The tolerance is 1e-6 degrees (about 10 cm), but never more than a
+    thousandth of the tile, so a neighbour's bbox never matches at high zoom.
+    """
+    if len(bbox) != 4:
+        raise ValueError(f"bbox needs 4 numbers (west, south, east, north), got {len(bbox)}")
+    w, s, e, n = tile_bounds_lonlat(z, x, y)
+    tol_x = min(1e-6, (e - w) * 1e-3)
+    tol_y = min(1e-6, (n - s) * 1e-3)
+    return (
+        abs(bbox[0] - w) <= tol_x
+        and abs(bbox[2] - e) <= tol_x
+        and abs(bbox[1] - s) <= tol_y
+        and abs(bbox[3] - n) <= tol_y
+    )

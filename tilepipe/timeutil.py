@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 # Epoch milliseconds below this are surely seconds sent by mistake (before
 # 1973-03-03 in ms); we reject rather than guess.
 _MIN_PLAUSIBLE_MS = 100_000_000_000
 _MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def now_ms() -> float:
@@ -38,10 +40,13 @@ def parse_event_time(value: object) -> int:
             raise ValueError(f"ts {value!r} is not an RFC 3339 timestamp") from None
         if parsed.tzinfo is None:
             raise ValueError(f"ts {value!r} has no UTC offset (RFC 3339 requires one, e.g. 'Z')")
-        return int(parsed.timestamp() * 1000)
+        ms = (parsed - _EPOCH) // _ONE_MS  # integer arithmetic: no float rounding
+        if ms < _MIN_PLAUSIBLE_MS:
+            raise ValueError(f"ts {value!r} is before 1973, too old to be a map edit")
+        return ms
     raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
 
 
 def format_rfc3339_ms(ms: float) -> str:
-    dt = datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+    dt = _EPOCH + timedelta(milliseconds=int(ms))
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

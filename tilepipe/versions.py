@@ -19,7 +19,7 @@ import re
 Version = int | str
 VersionKey = tuple[int, ...]
 
-_DOTTED = re.compile(r"\d+(\.\d+)*")
+_DOTTED = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MAX_COMPONENT_DIGITS = 99
 _TS_DIGITS = 15  # epoch milliseconds up to the year 33658
 

@@ -23,6 +23,12 @@ from tilepipe.tiles import MAX_ZOOM, SUPPORTED_TMS, WEB_MERCATOR_QUAD, bbox_matc
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
 
+OWN_REASONS = frozenset(
+    {"invalid_version", "invalid_timestamp", "unsupported_tms", "tile_out_of_range",
+     "bbox_mismatch"}
+)  # fmt: skip
+"""Error types raised by these models; they are DLQ reason codes as they are."""
+
 
 class _EventBase(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -60,7 +66,7 @@ class _EventBase(BaseModel):
         if v not in SUPPORTED_TMS:
             raise PydanticCustomError(
                 "unsupported_tms",
-                "tile matrix set {tms!r} is not supported (supported: {supported})",
+                "tile matrix set '{tms}' is not supported (supported: {supported})",
                 {"tms": v, "supported": ", ".join(sorted(SUPPORTED_TMS))},
             )
         return v
@@ -79,7 +85,9 @@ class TileEventIn(_EventBase):
     def _check_tile(self) -> TileEventIn:
         if not 0 <= self.z <= MAX_ZOOM:
             raise PydanticCustomError(
-                "tile_out_of_range", "z={z} is outside 0..{max}", {"z": self.z, "max": MAX_ZOOM}
+                "tile_out_of_range",
+                "z={z} is outside 0..{max}",
+                {"z": self.z, "max": MAX_ZOOM, "field": "z"},
             )
         n = 1 << self.z
         for name, value in (("x", self.x), ("y", self.y)):
@@ -87,13 +95,13 @@ class TileEventIn(_EventBase):
                 raise PydanticCustomError(
                     "tile_out_of_range",
                     "{name}={value} is outside 0..{last} at z={z}",
-                    {"name": name, "value": value, "last": n - 1, "z": self.z},
+                    {"name": name, "value": value, "last": n - 1, "z": self.z, "field": name},
                 )
         if self.bbox is not None and not bbox_matches(self.z, self.x, self.y, tuple(self.bbox)):
             raise PydanticCustomError(
                 "bbox_mismatch",
                 "bbox {bbox} does not match the bounds of tile {z}/{x}/{y}",
-                {"bbox": self.bbox, "z": self.z, "x": self.x, "y": self.y},
+                {"bbox": self.bbox, "z": self.z, "x": self.x, "y": self.y, "field": "bbox"},
             )
         return self
 
