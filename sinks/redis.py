@@ -6,7 +6,8 @@ with the update's and, only if one advanced, stores the new order keys and
 the message and publishes it, all in one atomic step. So an equal or older
 version is never published, whatever replays or restarts happen upstream,
 and the latest message of every tile stays readable for clients that join
-late: ``HGET {prefix}:tile:{tms}:{z}:{x}:{y} msg``.
+late: ``HGET {prefix}:tile:{tms}:{z}:{x}:{y} msg``. Refused updates are
+counted durably in ``HGET {prefix}:stats suppressed``, across restarts.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ end
 local channel, cmd = ARGV[1], ARGV[2]
 local i = 3
 local out = {}
-for k = 1, #KEYS do
+local suppressed = 0
+local stats = KEYS[#KEYS]
+for k = 1, #KEYS - 1 do
   local key = KEYS[k]
   local n = tonumber(ARGV[i]); i = i + 1
   local fields = {}
@@ -61,9 +64,14 @@ for k = 1, #KEYS do
     out[k] = 1
   elseif older then
     out[k] = -1
+    suppressed = suppressed + 1
   else
     out[k] = 0
+    suppressed = suppressed + 1
   end
+end
+if suppressed > 0 then
+  redis.call('HINCRBY', stats, 'suppressed', suppressed)
 end
 return out
 """
@@ -79,6 +87,11 @@ class RedisTarget:
 
     def tile_key(self, u: TileUpdate) -> str:
         return f"{self.prefix}:tile:{u.tms}:{u.z}:{u.x}:{u.y}"
+
+    @property
+    def stats_key(self) -> str:
+        """A hash of durable counters; ``suppressed`` counts updates the store refused."""
+        return f"{self.prefix}:stats"
 
 
 def connect(url: str) -> redis.Redis:
@@ -118,6 +131,7 @@ class RedisBroadcaster:
 
     def _call_args(self, updates: list[TileUpdate]) -> tuple[list[str], list[bytes | str | int]]:
         keys = [self.target.tile_key(u) for u in updates]
+        keys.append(self.target.stats_key)
         args: list[bytes | str | int] = [self.target.channel, self.target.mode]
         for u in updates:
             args.append(len(u.objects))

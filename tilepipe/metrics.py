@@ -66,6 +66,13 @@ CONSUMER_LAG = Gauge(
 SINK_UP = Gauge("tilepipe_sink_up", "1 when the sink's last write succeeded, else 0.", ["sink"])
 
 
+# Known label values start at 0, so rates and dashboards see them before the first event.
+for _outcome in OUTCOMES:
+    EVENTS.labels(_outcome)
+for _result in ("published", "suppressed"):
+    TILE_UPDATES.labels(_result)
+
+
 class Accounting:
     """The outcome counters as plain numbers, for summaries and tests."""
 

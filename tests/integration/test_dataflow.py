@@ -1,0 +1,201 @@
+"""The dataflow through the real parts: Tansu (Kafka API) in, Redis out.
+
+The job runs as users run it (``tilepipe run`` in a subprocess); a Redis
+subscriber sees what map clients would see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.support.services import RedisSubscriber, free_port
+from tilepipe.tiles import tile_key
+
+pytestmark = pytest.mark.integration
+
+SUMMARY = re.compile(
+    r"tilepipe: (\d+) records in: (\d+) broadcast, (\d+) duplicate, (\d+) stale,"
+    r" (\d+) dead-lettered"
+)
+
+
+def tile_event(event_id: str, version, x: int, ts: int, z: int = 15, y: int = 10_000) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "kind": "tile",
+            "version": version,
+            "source": "it",
+            "ts": ts,
+            "z": z,
+            "x": x,
+            "y": y,
+        }
+    ).encode()
+
+
+def key_of(value: bytes) -> bytes | None:
+    try:
+        d = json.loads(value)
+        return tile_key(d["z"], d["x"], d["y"]).encode()
+    except Exception:
+        return None
+
+
+class Job:
+    """``tilepipe run`` in a subprocess."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.metrics_port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tilepipe",
+                "run",
+                *args,
+                "--metrics-port",
+                str(self.metrics_port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TILEPIPE_PROGRESS_INTERVAL": "3600", **(env or {})},
+        )
+
+    def metric(self, name: str, timeout: float = 20) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                body = urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+                ).read()
+                for line in body.decode().splitlines():
+                    if line.startswith(name + " ") or line.startswith(name + "{"):
+                        return float(line.rsplit(" ", 1)[1])
+                raise LookupError(name)
+            except (OSError, LookupError):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    def wait_metric(self, name: str, predicate, timeout: float = 30) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.metric(name)
+            if predicate(value):
+                return value
+            assert time.monotonic() < deadline, f"{name} stayed at {value}"
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 60) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out.decode(), err.decode()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=30)
+
+
+def counts(stderr: str) -> dict[str, int]:
+    m = SUMMARY.search(stderr)
+    assert m, stderr[-3000:]
+    keys = ("in", "broadcast", "duplicate", "stale", "dead_letter")
+    return dict(zip(keys, map(int, m.groups()), strict=True))
+
+
+def test_kafka_to_redis_orders_dedups_and_dead_letters(kafka, redis_url, redis_client, channel):
+    topic = kafka.new_topic("events", partitions=2)
+    dlq = kafka.new_topic("dlq")
+    now = int(time.time() * 1000)
+    tiles = range(8)
+    phase1 = []
+    for x in tiles:
+        versions = [1, 2, 3, 4, 5]
+        order = [3, 1, 5, 2, 4] if x % 2 else [5, 4, 3, 2, 1]  # shuffled inside lateness
+        phase1 += [tile_event(f"t{x}-v{v}", v, x, now + v * 10) for v in order]
+        versions.clear()
+    phase1.append(tile_event("t0-v3", 3, 0, now + 30))  # same event again
+    invalid = [b"{nope", b"[1, 2]", tile_event("bad", 1, x=1, ts=now, z=2),
+               b'{"kind": "tile", "event_id": "x", "version": 1, "source": "it",'
+               b' "ts": "soon", "z": 1, "x": 0, "y": 0}']  # fmt: skip
+    sink = f"{redis_url}?channel={channel}"
+    with RedisSubscriber(redis_url, channel) as sub:
+        job = Job("--source", kafka.url(topic), "--sink", sink, "--dlq", kafka.url(dlq))
+        try:
+            kafka.produce(topic, phase1 + invalid, key=key_of)
+            first = sub.wait_for(len(tiles), timeout=60)
+            # Late arrivals, well behind every tile's watermark:
+            time.sleep(1.5)
+            kafka.produce(
+                topic,
+                [
+                    tile_event("t0-v2-replay", 2, 0, now + 20),  # old version: stale
+                    tile_event("t1-v5", 5, 1, now + 50),  # duplicate id
+                    tile_event("t2-v6", 6, 2, now),  # newer version, old time: applied
+                ],
+                key=key_of,
+            )
+            late = sub.wait_for(len(tiles) + 1, timeout=30)[len(first) :]
+            job.wait_metric("tilepipe_events_total", lambda v: True)
+            code, _, err = job.stop()
+        finally:
+            if job.proc.poll() is None:
+                job.kill()
+        assert sub.settle(quiet=0.5) == first + late
+
+    assert code == 0, err[-3000:]
+    assert sorted((m["x"], m["version"], m["events"]) for m in first) == [(x, 5, 5) for x in tiles]
+    assert [(m["x"], m["version"]) for m in late] == [(2, 6)]
+    assert counts(err) == {"in": 48, "broadcast": 41, "duplicate": 2, "stale": 1,
+                           "dead_letter": 4}  # fmt: skip
+    # The latest message per tile is stored for clients that join late.
+    stored = json.loads(redis_client.hget("tilepipe:tile:WebMercatorQuad:15:2:10000", "msg"))
+    assert stored == late[0]
+
+    dead = [json.loads(m.value()) for m in kafka.consume_all(dlq, expected=4)]
+    assert sorted(d["reason"] for d in dead) == sorted(
+        ["invalid_json", "not_an_object", "tile_out_of_range", "invalid_timestamp"]
+    )
+    for d in dead:
+        assert d["origin"]["topic"] == topic
+        assert isinstance(d["origin"]["partition"], int) and d["origin"]["offset"] >= 0
+    assert {d["raw"] for d in dead} >= {"{nope", "[1, 2]"}
+
+
+def test_idle_tile_state_is_evicted_and_forward_only_survives_it(
+    kafka, redis_url, redis_client, channel
+):
+    topic = kafka.new_topic("ttl")
+    now = int(time.time() * 1000)
+    sink = f"{redis_url}?channel={channel}"
+    with RedisSubscriber(redis_url, channel) as sub:
+        job = Job("--source", kafka.url(topic), "--sink", sink, "--dlq", "file:/dev/null",
+                  "--state-ttl", "1s")  # fmt: skip
+        try:
+            kafka.produce(topic, [tile_event(f"e{x}", 7, x, now) for x in range(50)])
+            sub.wait_for(50, timeout=60)
+            assert job.wait_metric("tilepipe_tiles_tracked", lambda v: v == 50, timeout=5) == 50
+            job.wait_metric("tilepipe_tiles_tracked", lambda v: v == 0, timeout=30)
+            # The state is gone; an old version replayed now must still not go out.
+            kafka.produce(topic, [tile_event("old", 3, 0, now - 1000)])
+            job.wait_metric("tilepipe_events_total", lambda v: True)
+            time.sleep(1.5)
+            code, _, err = job.stop()
+        finally:
+            if job.proc.poll() is None:
+                job.kill()
+        assert len(sub.settle(quiet=0.5)) == 50
+    assert code == 0, err[-3000:]
+    assert counts(err) == {"in": 51, "broadcast": 50, "duplicate": 0, "stale": 1,
+                           "dead_letter": 0}  # fmt: skip
