@@ -199,3 +199,35 @@ def test_idle_tile_state_is_evicted_and_forward_only_survives_it(
     assert code == 0, err[-3000:]
     assert counts(err) == {"in": 51, "broadcast": 50, "duplicate": 0, "stale": 1,
                            "dead_letter": 0}  # fmt: skip
+
+
+def run_to_end(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "tilepipe", "run", "--kafka-exit-at-end", *args],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "TILEPIPE_PROGRESS_INTERVAL": "3600"},
+    )
+
+
+def test_two_worker_processes_give_the_single_process_result(kafka, redis_url, redis_client):
+    topic = kafka.new_topic("workers", partitions=2)
+    now = int(time.time() * 1000)
+    events = [tile_event(f"w{x}-{v}", v, x, now + v) for v in range(1, 21) for x in range(40)]
+    events += [b"not json", events[5]]
+    kafka.produce(topic, events, key=key_of)
+    finals = {}
+    for workers, prefix in ((1, "one"), (2, "two")):
+        sink = f"{redis_url}?prefix={prefix}"
+        done = run_to_end("--workers", str(workers), "--source", kafka.url(topic),
+                          "--sink", sink, "--dlq", "file:/dev/null")  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        assert counts(done.stderr.decode()) == {"in": 802, "broadcast": 800, "duplicate": 1,
+                                                "stale": 0, "dead_letter": 1}  # fmt: skip
+        keys = redis_client.keys(f"{prefix}:tile:*")
+        finals[workers] = {
+            k.decode().split(":", 2)[2]: json.loads(redis_client.hget(k, "msg"))["version"]
+            for k in keys
+        }
+    assert len(finals[1]) == 40 and set(finals[1].values()) == {20}
+    assert finals[2] == finals[1]
