@@ -37,8 +37,23 @@ local function before(a, b)
   end
   return #a < #b
 end
-local channel, cmd = ARGV[1], ARGV[2]
-local i = 3
+-- Keep at most `cap` objects per tile: past it, forget the quarter whose last
+-- applied event is oldest (the event time ends each order key).
+local function trim(key, cap)
+  local all = redis.call('HGETALL', key)
+  local objs = {}
+  for j = 1, #all, 2 do
+    if string.sub(all[j], 1, 2) == 'o:' then
+      objs[#objs + 1] = {all[j], string.sub(all[j + 1], -15)}
+    end
+  end
+  if #objs <= cap then return end
+  table.sort(objs, function(a, b) return before(a[2], b[2]) end)
+  local drop = #objs - math.floor(cap * 3 / 4)
+  for j = 1, drop do redis.call('HDEL', key, objs[j][1]) end
+end
+local channel, cmd, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local i = 4
 local out = {}
 local suppressed = 0
 local stats = KEYS[#KEYS]
@@ -60,6 +75,9 @@ for k = 1, #KEYS - 1 do
   if #fields > 0 then
     fields[#fields + 1] = 'msg'; fields[#fields + 1] = msg
     redis.call('HSET', key, unpack(fields))
+    if cap > 0 and redis.call('HLEN', key) > cap + 1 then
+      trim(key, cap)
+    end
     redis.call(cmd, channel, msg)
     out[k] = 1
   elseif older then
@@ -84,6 +102,8 @@ class RedisTarget:
     prefix: str = "tilepipe"
     mode: Literal["publish", "spublish"] = "publish"
     chunk: int = 500
+    max_objects_per_tile: int = 1024
+    """Objects (features, sensors) whose versions a tile remembers; 0 = no limit."""
 
     def tile_key(self, u: TileUpdate) -> str:
         return f"{self.prefix}:tile:{u.tms}:{u.z}:{u.x}:{u.y}"
@@ -132,7 +152,9 @@ class RedisBroadcaster:
     def _call_args(self, updates: list[TileUpdate]) -> tuple[list[str], list[bytes | str | int]]:
         keys = [self.target.tile_key(u) for u in updates]
         keys.append(self.target.stats_key)
-        args: list[bytes | str | int] = [self.target.channel, self.target.mode]
+        args: list[bytes | str | int] = [
+            self.target.channel, self.target.mode, self.target.max_objects_per_tile
+        ]  # fmt: skip
         for u in updates:
             args.append(len(u.objects))
             for obj, order in u.objects:
