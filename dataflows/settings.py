@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -75,6 +75,25 @@ class Settings(BaseSettings):
     hmac_secrets: SecretStr | None = None
     """``keyid:secret[,keyid:secret]``: when set, records must carry a valid signature."""
 
+    # Fan-out (features and telemetry)
+    feature_minzoom: Annotated[int, Field(ge=0, le=30)] = 0
+    """Zoom range for features that do not say theirs."""
+    feature_maxzoom: Annotated[int, Field(ge=0, le=30)] = 14
+    max_zoom: Annotated[int, Field(ge=0, le=30)] = 20
+    """The deepest zoom an event may ask for."""
+    max_tiles_per_event: Annotated[int, Field(ge=1)] = 10_000
+    """Tile budget of one event; beyond it the cover falls back to a coarser zoom."""
+    cover_deadline: Duration = timedelta(milliseconds=250)
+    """Time budget of one exact cover; beyond it the bounding box is used."""
+    diff_expire: bool = True
+    """With previous_geometry, dirty only where old and new differ."""
+    geometry_repair: bool = True
+    """Repair invalid geometries with make_valid (else dead-letter them)."""
+    max_vertices: Annotated[int, Field(ge=1)] = 100_000
+    h3_resolution: Annotated[int, Field(ge=0, le=15)] = 9
+    telemetry_zooms: Annotated[list[int], NoDecode] = [10, 12, 14]
+    """Zooms whose tiles a reading dirties: ``10,12,14``."""
+
     # Ordering and state
     allowed_lateness: Duration = timedelta(seconds=1)
     max_delay: Duration = timedelta(milliseconds=250)
@@ -85,6 +104,23 @@ class Settings(BaseSettings):
     # Broadcast
     redis_prefix: str = "tilepipe"
     publish_mode: Literal["publish", "spublish"] = "publish"
+
+    @field_validator("telemetry_zooms", mode="before")
+    @classmethod
+    def _zoom_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            try:
+                return [int(p) for p in v.replace(" ", "").split(",") if p]
+            except ValueError:
+                raise ValueError(f"{v!r} is not a comma-separated list of zooms") from None
+        return v
+
+    @field_validator("telemetry_zooms")
+    @classmethod
+    def _zoom_range(cls, v: list[int]) -> list[int]:
+        if not v or any(not 0 <= z <= 30 for z in v):
+            raise ValueError("telemetry zooms must be a non-empty list of zooms within 0..30")
+        return sorted(set(v))
 
     @field_validator("source")
     @classmethod

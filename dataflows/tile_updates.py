@@ -14,7 +14,7 @@ from bytewax.outputs import Sink
 
 from dataflows.settings import Settings, kafka_uri, redis_uri
 from operators.apply import order_and_apply
-from operators.enrich import enrich
+from operators.enrich import EnrichConfig, enrich
 from operators.tile_state import OrderConfig
 from operators.validate import ValidationConfig, validate
 from sinks.file import FileDeadLetterSink, FileUpdatesSink
@@ -24,15 +24,17 @@ from sources.file import JsonlFileSource
 from sources.generator import GeneratorSource, GeneratorSpec
 from sources.kafka import KafkaTopicSource
 from tilepipe.records import DeadLetter, RawRecord, TileUpdate
+from tilepipe.wire import GeometryRules
 
 
 def build_flow(settings: Settings) -> Dataflow:
     flow = Dataflow("tile_updates")
     raw = op.input("source", flow, make_source(settings))
     validated = validate("validate", raw, config=validation_config(settings))
-    op.output("dead_letters", validated.errs, make_dlq(settings))
-    tiles = enrich("enrich", validated.oks)
-    updates = order_and_apply("apply", tiles, config=order_config(settings))
+    expanded = enrich("enrich", validated.oks, config=enrich_config(settings))
+    dead = op.merge("dead", validated.errs, expanded.errs)
+    op.output("dead_letters", dead, make_dlq(settings))
+    updates = order_and_apply("apply", expanded.oks, config=order_config(settings))
     op.output("broadcast", updates, make_sink(settings))
     return flow
 
@@ -42,6 +44,21 @@ def validation_config(s: Settings) -> ValidationConfig:
         max_record_bytes=s.max_record_bytes,
         max_future_ms=int(s.max_future.total_seconds() * 1000),
         hmac_secrets=s.secrets_by_key(),
+        geometry=GeometryRules(
+            max_vertices=s.max_vertices, repair=s.geometry_repair, max_zoom=s.max_zoom
+        ),
+    )
+
+
+def enrich_config(s: Settings) -> EnrichConfig:
+    return EnrichConfig(
+        feature_minzoom=s.feature_minzoom,
+        feature_maxzoom=s.feature_maxzoom,
+        max_tiles_per_event=s.max_tiles_per_event,
+        cover_deadline_s=s.cover_deadline.total_seconds(),
+        diff_expire=s.diff_expire,
+        h3_resolution=s.h3_resolution,
+        telemetry_zooms=tuple(s.telemetry_zooms),
     )
 
 

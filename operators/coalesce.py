@@ -55,6 +55,7 @@ def coalesce(applied: Sequence[TileEvent]) -> TileUpdate:
         oldest_ts_ms=oldest_ts,
         oldest_received_ms=oldest_rx,
         events=len(applied),
+        records=sum(ev.weight for ev in applied),
         layers=tuple(sorted(layers)) if layers is not None else None,
         coverage=newest.coverage,
         h3_cells=tuple(sorted(cells)),

@@ -5,11 +5,12 @@ no I/O, time passed in), so tests drive it directly. The three stages share
 one state per tile on purpose: one keyed step instead of three keeps the
 memory per tracked tile and the per-batch overhead down.
 
-Release rule: an event waits until the tile's watermark passes its event
-time, or until the oldest held event has waited ``max_delay`` of wall time;
-then everything held is released with it, so a busy tile broadcasts at most
-once per ``max_delay`` and no event waits longer. Released events are applied
-in (event time, version) order. An event
+Release rule: a tile holds its events until the watermark has passed all of
+them, or until the oldest has waited ``max_delay`` of wall time, and then
+releases everything it holds at once, applied in (event time, version)
+order. So no event waits longer than ``max_delay``, and a busy tile (a burst,
+a chatty sensor) broadcasts once per ``max_delay`` however many events it
+gets; releasing part of a tile's events would only mean more broadcasts. An event
 that arrives after the watermark already passed it is late: applied at once
 if newer than what was applied, dropped as stale otherwise.
 """
@@ -36,7 +37,11 @@ class OrderConfig:
 
 
 class Release(NamedTuple):
-    """What one call produced: at most one update, plus the events it dropped."""
+    """What one call produced: at most one update, plus the records it dropped.
+
+    ``duplicates`` and ``stale`` count input records (event weights), ``late``
+    counts tile events.
+    """
 
     updates: list[TileUpdate]
     duplicates: int = 0
@@ -92,11 +97,11 @@ class TileState:
                 if verdict is Verdict.APPLY:
                     applied.append(ev)
                 elif verdict is Verdict.DUPLICATE:
-                    duplicates += 1
+                    duplicates += ev.weight
                 else:
-                    stale += 1
+                    stale += ev.weight
             elif self._gate.seen(ev.event_id) or self._is_pending(ev.event_id):
-                duplicates += 1
+                duplicates += ev.weight
             else:
                 self._pending.append(_Pending(ev, now_ms))
                 self._wm.observe(ev.ts_ms, now_ms)
@@ -114,7 +119,8 @@ class TileState:
         if not self._pending:
             return self._last_active_ms + self._cfg.state_ttl_ms
         oldest_deadline = self._pending[0].arrived_ms + self._cfg.max_delay_ms
-        return min(oldest_deadline, min(self._wm.passes_at(p.event.ts_ms) for p in self._pending))
+        newest = max(p.event.ts_ms for p in self._pending)
+        return min(oldest_deadline, self._wm.passes_at(newest))
 
     def evictable(self, now_ms: float) -> bool:
         return not self._pending and now_ms >= self._last_active_ms + self._cfg.state_ttl_ms
@@ -149,26 +155,21 @@ class TileState:
         *,
         flush: bool,
     ) -> Release:
-        if self._pending:
-            if flush or self._pending[0].arrived_ms <= now_ms - self._cfg.max_delay_ms:
-                # The oldest held event is out of time: the tile broadcasts now, so
-                # everything held goes with it (one broadcast per max_delay at most).
-                due, keep = self._pending, []
-            else:
-                watermark = self._wm.at(now_ms)
-                due, keep = [], []
-                for p in self._pending:
-                    (due if p.event.ts_ms <= watermark else keep).append(p)
-            if due:
-                self._pending = keep
-                due.sort(key=lambda p: (p.event.ts_ms, p.event.vkey))
-                for p in due:
-                    verdict = self._gate.offer(p.event)
-                    if verdict is Verdict.APPLY:
-                        applied.append(p.event)
-                    elif verdict is Verdict.DUPLICATE:
-                        duplicates += 1
-                    else:
-                        stale += 1
+        pending = self._pending
+        if pending and (
+            flush
+            or pending[0].arrived_ms <= now_ms - self._cfg.max_delay_ms
+            or self._wm.at(now_ms) >= max(p.event.ts_ms for p in pending)
+        ):
+            self._pending = []
+            pending.sort(key=lambda p: (p.event.ts_ms, p.event.vkey))
+            for p in pending:
+                verdict = self._gate.offer(p.event)
+                if verdict is Verdict.APPLY:
+                    applied.append(p.event)
+                elif verdict is Verdict.DUPLICATE:
+                    duplicates += p.event.weight
+                else:
+                    stale += p.event.weight
         updates = [coalesce(applied)] if applied else []
         return Release(updates, duplicates, stale, late)

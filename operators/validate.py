@@ -1,9 +1,11 @@
 """Stages 1-2: decode, verify and validate raw records.
 
-Bytes become :class:`~tilepipe.records.TileEvent` or a
-:class:`~tilepipe.records.DeadLetter` carrying a stable reason code, the
-offending field and the record's origin. Nothing raised by a record escapes
-this stage: whatever a producer sends, the flow goes on.
+Bytes become a :class:`~tilepipe.records.TileEvent` (``kind: "tile"``), a
+:class:`~tilepipe.records.FanOutEvent` (features and telemetry, which the
+enrich stage expands to tiles) or a :class:`~tilepipe.records.DeadLetter`
+carrying a stable reason code, the offending field and the record's origin.
+Nothing raised by a record escapes this stage: whatever a producer sends, the
+flow goes on.
 """
 
 from __future__ import annotations
@@ -12,17 +14,17 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from pydantic import ValidationError
 
-from tilepipe.records import DeadLetter, RawRecord, TileEvent
+from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
-from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, TileEventIn
+from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class ValidationConfig:
     max_future_ms: int = 5 * 60 * 1000
     hmac_secrets: Mapping[str, bytes] | None = None
     """Active secrets by key id; when set, every record must carry a valid signature."""
+    geometry: GeometryRules = field(default_factory=GeometryRules)
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -123,7 +126,9 @@ def to_tile_event(model: TileEventIn, received_ms: float) -> TileEvent:
     )
 
 
-def validate_record(rec: RawRecord, config: ValidationConfig) -> TileEvent | DeadLetter:
+def validate_record(
+    rec: RawRecord, config: ValidationConfig
+) -> TileEvent | FanOutEvent | DeadLetter:
     """Decode, verify and validate one record; never raises for bad input."""
     body = rec.value
     if body is None:
@@ -146,12 +151,18 @@ def validate_record(rec: RawRecord, config: ValidationConfig) -> TileEvent | Dea
     except UnicodeDecodeError as e:
         return _dead(rec, "invalid_encoding", f"record is not UTF-8: {e.reason} at byte {e.start}")
     try:
-        model = EVENT_ADAPTER.validate_json(body)
+        model = EVENT_ADAPTER.validate_json(body, context=config.geometry)
     except ValidationError as e:
         return _from_validation_error(rec, e)
     except (RecursionError, MemoryError, ValueError) as e:  # pathological nesting
         return _dead(rec, "invalid_json", f"record could not be parsed: {type(e).__name__}")
-    event = to_tile_event(model, rec.received_ms)
+    event: TileEvent | FanOutEvent
+    if isinstance(model, TileEventIn):
+        event = to_tile_event(model, rec.received_ms)
+    else:
+        event = FanOutEvent(
+            model, version_key(model.version), parse_event_time(model.ts), rec.received_ms, rec
+        )
     if event.ts_ms > rec.received_ms + config.max_future_ms:
         return _dead(
             rec,
@@ -165,8 +176,8 @@ def validate_record(rec: RawRecord, config: ValidationConfig) -> TileEvent | Dea
 
 def validate_batch(
     records: Iterable[RawRecord], config: ValidationConfig
-) -> list[TileEvent | DeadLetter]:
-    out: list[TileEvent | DeadLetter] = []
+) -> list[TileEvent | FanOutEvent | DeadLetter]:
+    out: list[TileEvent | FanOutEvent | DeadLetter] = []
     for rec in records:
         try:
             out.append(validate_record(rec, config))
@@ -183,7 +194,7 @@ def validate_batch(
 class Validated:
     """Valid events and dead letters, as two streams."""
 
-    oks: Stream[TileEvent]
+    oks: Stream[TileEvent | FanOutEvent]
     errs: Stream[DeadLetter]
 
 
@@ -197,8 +208,9 @@ def validate(step_id: str, up: Stream[RawRecord], *, config: ValidationConfig) -
     ```
 
     :arg config: size limit, allowed clock skew and HMAC secrets.
-    :returns: ``oks`` (:class:`TileEvent`) and ``errs`` (:class:`DeadLetter`).
+    :returns: ``oks`` (:class:`TileEvent`, or :class:`FanOutEvent` for kinds that
+        expand to tiles in the enrich stage) and ``errs`` (:class:`DeadLetter`).
     """
     results = op.flat_map_batch("check", up, lambda batch: validate_batch(batch, config))
-    split = op.branch("split", results, lambda r: isinstance(r, TileEvent))
+    split = op.branch("split", results, lambda r: not isinstance(r, DeadLetter))
     return Validated(split.trues, split.falses)  # type: ignore[arg-type]

@@ -24,16 +24,16 @@ def record_results(updates: Iterable[TileUpdate], results: Iterable[int]) -> Non
     for update, result in zip(updates, results, strict=True):
         if result == PUBLISHED:
             published += 1
-            broadcast += update.events
+            broadcast += update.records
             metrics.E2E_LATENCY.observe(max(0.0, now - update.ts_ms) / 1000.0)
             metrics.PROCESSING_LATENCY.observe(max(0.0, now - update.oldest_received_ms) / 1000.0)
             newest_ts = max(newest_ts, update.ts_ms)
         elif result == DUPLICATE:
             suppressed += 1
-            duplicate += update.events
+            duplicate += update.records
         else:
             suppressed += 1
-            stale += update.events
+            stale += update.records
     if published:
         metrics.EVENTS.labels("broadcast").inc(broadcast)
         metrics.TILE_UPDATES.labels("published").inc(published)

@@ -63,6 +63,16 @@ CONSUMER_LAG = Gauge(
     "Log-end offset minus this job's position, per topic and partition (messages).",
     ["topic", "partition"],
 )
+FANOUT_TILES = Histogram(
+    "tilepipe_fanout_tiles",
+    "Tiles one feature or telemetry event expanded to.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536),
+)
+COVERS = Counter(
+    "tilepipe_covers_total",
+    "Feature covers by method: exact, bbox (exact too slow), zoom_capped (over the tile budget).",
+    ["method"],
+)
 SINK_UP = Gauge("tilepipe_sink_up", "1 when the sink's last write succeeded, else 0.", ["sink"])
 
 
@@ -71,6 +81,8 @@ for _outcome in OUTCOMES:
     EVENTS.labels(_outcome)
 for _result in ("published", "suppressed"):
     TILE_UPDATES.labels(_result)
+for _method in ("exact", "bbox", "zoom_capped"):
+    COVERS.labels(_method)
 
 
 class Accounting:

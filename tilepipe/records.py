@@ -50,6 +50,19 @@ class TileEvent(NamedTuple):
     coverage: str = "tile"
     """How the tile was found: ``tile`` (named directly), or the cover method."""
     h3_cell: str | None = None
+    weight: int = 1
+    """1 on the tile event that accounts for its input record, 0 on the other tiles
+    the record fanned out to: every record is counted once, whatever its fan-out."""
+
+
+class FanOutEvent(NamedTuple):
+    """A valid event that does not name its tiles (feature, telemetry)."""
+
+    model: Any  # wire.FeatureEventIn | wire.TelemetryEventIn
+    vkey: VersionKey
+    ts_ms: int
+    received_ms: float
+    record: RawRecord  # kept for a dead letter if expansion fails
 
 
 class TileUpdate(NamedTuple):
@@ -67,7 +80,8 @@ class TileUpdate(NamedTuple):
     ts_ms: int  # event time of the winning event
     oldest_ts_ms: int
     oldest_received_ms: float
-    events: int  # input records this update covers
+    events: int  # tile events this update covers
+    records: int  # input records it accounts for (see TileEvent.weight)
     layers: tuple[str, ...] | None
     coverage: str = "tile"
     h3_cells: tuple[str, ...] = ()

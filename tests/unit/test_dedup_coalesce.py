@@ -268,6 +268,7 @@ def test_coalesce_single_event() -> None:
         oldest_ts_ms=T0 + 10,
         oldest_received_ms=RX + 7,
         events=1,
+        records=1,
         layers=("roads",),
         coverage="tile",
         h3_cells=(),

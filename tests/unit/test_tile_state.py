@@ -211,3 +211,19 @@ def test_objects_on_one_tile_do_not_suppress_each_other():
     [u] = r.updates + s.on_timer(W0 + 700).updates
     assert u.version == 2
     assert dict(u.objects).keys() == {"park-7"}
+
+
+def test_a_busy_tile_broadcasts_once_per_max_delay():
+    """A chatty sensor: 200 events over one second, each newer than the last."""
+    s = TileState(CFG)
+    updates = []
+    now = W0
+    for i in range(200):
+        now = W0 + i * 5
+        while s.pending_count and s.next_wakeup_ms() <= now:
+            updates += s.on_timer(s.next_wakeup_ms()).updates
+        updates += s.on_events([ev(i + 1, i * 5)], now).updates
+    updates += drain(s, now)
+    assert 4 <= len(updates) <= 1000 // CFG.max_delay_ms + 1
+    assert sum(u.events for u in updates) == 200
+    assert updates[-1].version == 200
