@@ -34,7 +34,7 @@ def _record(release: Release) -> list[TileUpdate]:
 class _TileLogic(StatefulBatchLogic[TileEvent, TileUpdate, TileStateSnapshot]):
     def __init__(self, cfg: OrderConfig, resume: TileStateSnapshot | None) -> None:
         self._state = TileState(cfg, resume)
-        metrics.TILES_TRACKED.inc()
+        metrics.TILE_COUNT.value += 1
 
     def on_batch(self, values: list[TileEvent]) -> tuple[list[TileUpdate], bool]:
         return _record(self._state.on_events(values, now_ms())), self.RETAIN
@@ -43,7 +43,7 @@ class _TileLogic(StatefulBatchLogic[TileEvent, TileUpdate, TileStateSnapshot]):
         now = now_ms()
         out = _record(self._state.on_timer(now))
         if self._state.evictable(now):
-            metrics.TILES_TRACKED.dec()
+            metrics.TILE_COUNT.value -= 1
             return out, self.DISCARD
         return out, self.RETAIN
 

@@ -10,7 +10,6 @@ the same hash and clients can ignore the repeat. Pure logic.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 
 from tilepipe.records import TileEvent, TileUpdate
@@ -18,13 +17,18 @@ from tilepipe.versions import order_key
 
 
 def update_hash(tms: str, z: int, x: int, y: int, objects: Sequence[tuple[str, str]]) -> str:
-    # JSON quoting keeps the encoding unambiguous whatever an upstream object id contains.
-    text = json.dumps([tms, z, x, y, sorted(objects)], separators=(",", ":"))
+    # Length-prefixed ids keep the encoding unambiguous whatever an upstream
+    # object id contains (order keys are digits, dots and a space).
+    text = f"{tms}/{z}/{x}/{y}|" + "|".join(
+        f"{len(obj)}:{obj}={order}" for obj, order in sorted(objects)
+    )
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def coalesce(applied: Sequence[TileEvent]) -> TileUpdate:
     """One update for ``applied`` (non-empty, in application order)."""
+    if len(applied) == 1:
+        return _single(applied[0])
     newest = applied[-1]
     latest: dict[str, str] = {}
     layers: set[str] | None = set()
@@ -60,3 +64,13 @@ def coalesce(applied: Sequence[TileEvent]) -> TileUpdate:
         coverage=newest.coverage,
         h3_cells=tuple(sorted(cells)),
     )
+
+
+def _single(ev: TileEvent) -> TileUpdate:
+    """The common case of one event, without the set bookkeeping."""
+    objects = ((ev.object_id, order_key(ev.vkey, ev.ts_ms)),)
+    return TileUpdate(
+        ev.key, ev.tms, ev.z, ev.x, ev.y, ev.version, objects,
+        update_hash(ev.tms, ev.z, ev.x, ev.y, objects), ev.ts_ms, ev.ts_ms, ev.received_ms,
+        1, ev.weight, ev.layers, ev.coverage, (ev.h3_cell,) if ev.h3_cell is not None else (),
+    )  # fmt: skip

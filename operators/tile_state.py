@@ -143,7 +143,8 @@ class TileState:
     # -- internals --------------------------------------------------------------------
 
     def _is_pending(self, event_id: str) -> bool:
-        return any(p.event.event_id == event_id for p in self._pending)
+        # Most tiles hold nothing when an event arrives: skip the generator then.
+        return bool(self._pending) and any(p.event.event_id == event_id for p in self._pending)
 
     def _release(
         self,

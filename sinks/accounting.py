@@ -21,12 +21,14 @@ def record_results(updates: Iterable[TileUpdate], results: Iterable[int]) -> Non
     now = now_ms()
     broadcast = duplicate = stale = published = suppressed = 0
     newest_ts = 0
+    e2e: list[float] = []
+    processing: list[float] = []
     for update, result in zip(updates, results, strict=True):
         if result == PUBLISHED:
             published += 1
             broadcast += update.records
-            metrics.E2E_LATENCY.observe(max(0.0, now - update.ts_ms) / 1000.0)
-            metrics.PROCESSING_LATENCY.observe(max(0.0, now - update.oldest_received_ms) / 1000.0)
+            e2e.append(max(0.0, now - update.ts_ms) / 1000.0)
+            processing.append(max(0.0, now - update.oldest_received_ms) / 1000.0)
             newest_ts = max(newest_ts, update.ts_ms)
         elif result == DUPLICATE:
             suppressed += 1
@@ -35,6 +37,8 @@ def record_results(updates: Iterable[TileUpdate], results: Iterable[int]) -> Non
             suppressed += 1
             stale += update.records
     if published:
+        metrics.E2E_LATENCY.observe_many(e2e)
+        metrics.PROCESSING_LATENCY.observe_many(processing)
         metrics.EVENTS.labels("broadcast").inc(broadcast)
         metrics.TILE_UPDATES.labels("published").inc(published)
         metrics.WATERMARK_LAG.set(max(0.0, now - newest_ts) / 1000.0)

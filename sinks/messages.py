@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
+
 from tilepipe.records import TileUpdate
-from tilepipe.tiles import quadkey, tile_bounds_lonlat
+from tilepipe.tiles import tile_bounds_lonlat
 from tilepipe.timeutil import format_rfc3339_ms
 
 
@@ -21,7 +22,7 @@ def tile_updated(update: TileUpdate) -> dict[str, Any]:
         "hash": update.hash,
         "bbox": list(tile_bounds_lonlat(update.z, update.x, update.y)),
         "ts": format_rfc3339_ms(update.ts_ms),
-        "quadkey": quadkey(update.z, update.x, update.y),
+        "quadkey": update.key.partition(":")[2],  # the key is "{z}:{quadkey}"
         "events": update.events,
         "coverage": update.coverage,
     }
@@ -33,4 +34,5 @@ def tile_updated(update: TileUpdate) -> dict[str, Any]:
 
 
 def encode(update: TileUpdate) -> bytes:
-    return json.dumps(tile_updated(update), separators=(",", ":")).encode()
+    # orjson: several times faster than json.dumps, and this runs once per update.
+    return orjson.dumps(tile_updated(update))

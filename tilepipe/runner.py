@@ -127,7 +127,7 @@ class _Progress(threading.Thread):
                 (now["broadcast"] - last["broadcast"]) / dt,
                 now["dead_letter"],
                 lag,
-                metrics.TILES_TRACKED._value.get(),
+                metrics.TILE_COUNT.value,
                 extra={"counts": now, "consumer_lag": lag},
             )
             last, last_t = now, t

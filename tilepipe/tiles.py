@@ -55,13 +55,33 @@ def _row_edge_latitude(row: int, n: int) -> float:
     return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / n))))
 
 
+def _spread_bits(v: int) -> int:
+    """Put a zero bit between each bit of a 32-bit ``v`` (Morton order)."""
+    v = (v | (v << 16)) & 0x0000FFFF0000FFFF
+    v = (v | (v << 8)) & 0x00FF00FF00FF00FF
+    v = (v | (v << 4)) & 0x0F0F0F0F0F0F0F0F
+    v = (v | (v << 2)) & 0x3333333333333333
+    return (v | (v << 1)) & 0x5555555555555555
+
+
+# Each byte of a Morton code is four quadkey digits.
+_BYTE_DIGITS = tuple("".join(str((b >> shift) & 3) for shift in (6, 4, 2, 0)) for b in range(256))
+
+
 def quadkey(z: int, x: int, y: int) -> str:
-    """Bing-style quadkey; ``""`` for the z0 world tile."""
-    digits = []
-    for i in range(z, 0, -1):
-        mask = 1 << (i - 1)
-        digits.append(str((1 if x & mask else 0) + (2 if y & mask else 0)))
-    return "".join(digits)
+    """Bing-style quadkey; ``""`` for the z0 world tile.
+
+    Digit ``i`` is ``xbit + 2 * ybit`` of bit ``z - i``: the Morton code of
+    ``(x, y)`` written in base 4. Interleaving by masks and reading it a byte
+    at a time is several times faster than a digit loop, and every tile event
+    needs its key.
+    """
+    if z == 0:
+        return ""
+    morton = _spread_bits(x) | (_spread_bits(y) << 1)
+    nbytes = (z + 3) >> 2
+    digits = "".join(map(_BYTE_DIGITS.__getitem__, morton.to_bytes(nbytes, "big")))
+    return digits[-z:]
 
 
 def from_quadkey(qk: str) -> tuple[int, int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -48,5 +49,11 @@ def parse_event_time(value: object) -> int:
 
 
 def format_rfc3339_ms(ms: float) -> str:
-    dt = _EPOCH + timedelta(milliseconds=int(ms))
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    whole = int(ms)
+    return f"{_second_prefix(whole // 1000)}{whole % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_prefix(seconds: int) -> str:
+    # Updates cluster in time: formatting each second once saves a strftime per message.
+    return (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.")

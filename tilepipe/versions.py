@@ -21,6 +21,7 @@ VersionKey = tuple[int, ...]
 
 _DOTTED = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MAX_COMPONENT_DIGITS = 99
+_MAX_INT = 10**_MAX_COMPONENT_DIGITS
 _TS_DIGITS = 15  # epoch milliseconds up to the year 33658
 
 
@@ -31,13 +32,15 @@ def version_key(version: Version) -> VersionKey:
     if isinstance(version, int):
         if version < 0:
             raise ValueError(f"version must be non-negative, got {version}")
-        parts: list[int] = [version]
+        if version >= _MAX_INT:
+            raise ValueError(f"version component longer than {_MAX_COMPONENT_DIGITS} digits")
+        return (version,)
     elif isinstance(version, str):
         if not _DOTTED.fullmatch(version):
             raise ValueError(
                 f"version {version!r} is not a non-negative integer or dotted numeric string"
             )
-        parts = [int(p) for p in version.split(".")]
+        parts: list[int] = [int(p) for p in version.split(".")]
     else:
         raise ValueError(f"version must be an integer or a dotted numeric string, not {version!r}")
     if any(len(str(p)) > _MAX_COMPONENT_DIGITS for p in parts):
@@ -55,5 +58,8 @@ def order_key(vkey: VersionKey, ts_ms: int) -> str:
     and the timestamp follows a space, which sorts below ``.`` so that ``1``
     (then any time) precedes ``1.5``.
     """
+    if len(vkey) == 1:  # most versions are plain integers
+        s = str(vkey[0])
+        return f"{len(s):02d}{s} {ts_ms:0{_TS_DIGITS}d}"
     comps = ".".join(f"{len(s):02d}{s}" for s in map(str, vkey))
     return f"{comps} {ts_ms:0{_TS_DIGITS}d}"
