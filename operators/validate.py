@@ -20,6 +20,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from pydantic import ValidationError
 
+from operators.fastpath import fast_tile_event
 from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
@@ -150,6 +151,9 @@ def validate_record(
         body.decode("utf-8")
     except UnicodeDecodeError as e:
         return _dead(rec, "invalid_encoding", f"record is not UTF-8: {e.reason} at byte {e.start}")
+    fast = fast_tile_event(body, rec.received_ms)
+    if fast is not None:
+        return _future_dated(rec, fast, config) or fast
     try:
         model = EVENT_ADAPTER.validate_json(body, context=config.geometry)
     except ValidationError as e:
@@ -163,15 +167,21 @@ def validate_record(
         event = FanOutEvent(
             model, version_key(model.version), parse_event_time(model.ts), rec.received_ms, rec
         )
-    if event.ts_ms > rec.received_ms + config.max_future_ms:
-        return _dead(
-            rec,
-            "future_event",
-            f"event time is {(event.ts_ms - rec.received_ms) / 1000:.0f} s in the future,"
-            f" over the {config.max_future_ms / 1000:.0f} s allowed (check the producer's clock)",
-            "ts",
-        )
-    return event
+    return _future_dated(rec, event, config) or event
+
+
+def _future_dated(
+    rec: RawRecord, event: TileEvent | FanOutEvent, config: ValidationConfig
+) -> DeadLetter | None:
+    if event.ts_ms <= rec.received_ms + config.max_future_ms:
+        return None
+    return _dead(
+        rec,
+        "future_event",
+        f"event time is {(event.ts_ms - rec.received_ms) / 1000:.0f} s in the future,"
+        f" over the {config.max_future_ms / 1000:.0f} s allowed (check the producer's clock)",
+        "ts",
+    )
 
 
 def validate_batch(
