@@ -8,6 +8,7 @@ hands the flow to Bytewax.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -133,6 +134,18 @@ class _Progress(threading.Thread):
             last, last_t = now, t
 
 
+def tune_gc() -> None:
+    """Collect young garbage less often.
+
+    The job keeps one small state per tile alive for minutes and allocates a
+    few short-lived objects per event; with the default thresholds the
+    collector runs every 700 allocations and keeps walking that live state.
+    Measured on 80k distinct tiles in one process: 12.7-14.2k -> 17.9-18.9k
+    events/s. The records are acyclic, so little garbage waits for a cycle.
+    """
+    gc.set_threshold(100_000, 50, 1000)
+
+
 def run_process(settings: Any) -> dict[str, int] | None:
     """Run this process's part of the flow; returns the accounting at the end."""
     from bytewax.run import cli_main
@@ -148,6 +161,7 @@ def run_process(settings: Any) -> dict[str, int] | None:
         start_http_server(settings.metrics_port + pid, addr="0.0.0.0")
     recovery = _init_recovery(settings) if settings.recovery_dir else None
     shutdown.install()
+    tune_gc()
     progress = _Progress(float(os.environ.get("TILEPIPE_PROGRESS_INTERVAL", "10")))
     progress.start()
     kwargs: dict[str, Any] = {
