@@ -25,29 +25,40 @@ class Verdict(str, Enum):
 
 
 class VersionGate:
+    """Immutable tuples, not dicts: a tile usually remembers one object and a
+    few ids, where tuples take a third of the memory, and a snapshot is then
+    the tuples themselves, with no copy."""
+
     __slots__ = ("_applied", "_max_ids", "_max_objects", "_recent_ids")
 
     def __init__(
         self,
         max_ids: int,
         max_objects: int,
-        applied: dict[str, Applied] | None = None,
-        recent_ids: dict[str, None] | None = None,
+        applied: tuple[tuple[str, VersionKey, int], ...] = (),
+        recent_ids: tuple[str, ...] = (),
     ) -> None:
         self._max_ids = max_ids
         self._max_objects = max_objects
-        self._applied: dict[str, Applied] = applied if applied is not None else {}
-        # A dict used as an insertion-ordered set: oldest ids are dropped first.
-        self._recent_ids: dict[str, None] = recent_ids if recent_ids is not None else {}
+        # (object, version, event time), least recently applied first.
+        self._applied = applied
+        # Oldest first; the oldest are forgotten first.
+        self._recent_ids = recent_ids
 
     def seen(self, event_id: str) -> bool:
         return event_id in self._recent_ids
+
+    def _last(self, object_id: str) -> Applied | None:
+        for obj, vkey, ts in reversed(self._applied):
+            if obj == object_id:
+                return (vkey, ts)
+        return None
 
     def judge(self, event: TileEvent) -> Verdict:
         """Decide without changing anything."""
         if event.event_id in self._recent_ids:
             return Verdict.DUPLICATE
-        last = self._applied.get(event.object_id)
+        last = self._last(event.object_id)
         if last is None:
             return Verdict.APPLY
         current = (event.vkey, event.ts_ms)
@@ -59,29 +70,28 @@ class VersionGate:
         """Judge ``event`` and, if it applies, record it as applied."""
         verdict = self.judge(event)
         if verdict is Verdict.APPLY:
-            applied = self._applied
-            # Least recently applied objects are forgotten first.
-            if applied.pop(event.object_id, None) is None and len(applied) >= self._max_objects:
-                del applied[next(iter(applied))]
-            applied[event.object_id] = (event.vkey, event.ts_ms)
-            self._remember(event.event_id)
+            obj = event.object_id
+            kept = tuple(entry for entry in self._applied if entry[0] != obj)
+            if len(kept) >= self._max_objects:
+                kept = kept[len(kept) - self._max_objects + 1 :]
+            self._applied = (*kept, (obj, event.vkey, event.ts_ms))
+            ids = (*self._recent_ids, event.event_id)
+            self._recent_ids = ids[-self._max_ids :] if len(ids) > self._max_ids else ids
         return verdict
 
-    def _remember(self, event_id: str) -> None:
-        ids = self._recent_ids
-        ids[event_id] = None
-        if len(ids) > self._max_ids:
-            del ids[next(iter(ids))]
+    def applied(self) -> dict[str, Applied]:
+        """Each remembered object's last applied (version, event time), oldest first."""
+        return {obj: (vkey, ts) for obj, vkey, ts in self._applied}
 
-    def snapshot(self) -> tuple[tuple[tuple[str, Applied], ...], tuple[str, ...]]:
-        return tuple(self._applied.items()), tuple(self._recent_ids)
+    def snapshot(self) -> tuple[tuple[tuple[str, VersionKey, int], ...], tuple[str, ...]]:
+        return self._applied, self._recent_ids
 
     @classmethod
     def restore(
         cls,
         max_ids: int,
         max_objects: int,
-        snap: tuple[tuple[tuple[str, Applied], ...], tuple[str, ...]],
+        snap: tuple[tuple[tuple[str, VersionKey, int], ...], tuple[str, ...]],
     ) -> VersionGate:
         applied, ids = snap
-        return cls(max_ids, max_objects, dict(applied), dict.fromkeys(ids))
+        return cls(max_ids, max_objects, applied, ids)

@@ -70,14 +70,15 @@ class TileState:
         self._cfg = cfg
         if snapshot is None:
             self._wm = Watermark(cfg.allowed_lateness_ms)
-            self._pending: list[_Pending] = []
+            # An idle tile holds the shared empty tuple, not a list of its own.
+            self._pending: list[_Pending] | tuple[()] = ()
             self._gate = VersionGate(cfg.max_recent_ids, cfg.max_objects_per_tile)
             self._last_active_ms = 0.0
         else:
             self._wm = Watermark(
                 cfg.allowed_lateness_ms, snapshot.newest_ms, snapshot.base_ms, snapshot.set_at_ms
             )
-            self._pending = list(snapshot.pending)
+            self._pending = list(snapshot.pending) if snapshot.pending else ()
             self._gate = VersionGate.restore(
                 cfg.max_recent_ids, cfg.max_objects_per_tile, snapshot.gate
             )
@@ -103,7 +104,10 @@ class TileState:
             elif self._gate.seen(ev.event_id) or self._is_pending(ev.event_id):
                 duplicates += ev.weight
             else:
-                self._pending.append(_Pending(ev, now_ms))
+                if self._pending:
+                    self._pending.append(_Pending(ev, now_ms))  # type: ignore[union-attr]
+                else:
+                    self._pending = [_Pending(ev, now_ms)]
                 self._wm.observe(ev.ts_ms, now_ms)
         return self._release(now_ms, applied, duplicates, stale, late, flush=False)
 
@@ -162,7 +166,7 @@ class TileState:
             or pending[0].arrived_ms <= now_ms - self._cfg.max_delay_ms
             or self._wm.at(now_ms) >= max(p.event.ts_ms for p in pending)
         ):
-            self._pending = []
+            self._pending = ()
             pending.sort(key=lambda p: (p.event.ts_ms, p.event.vkey))
             for p in pending:
                 verdict = self._gate.offer(p.event)

@@ -135,7 +135,7 @@ def test_objects_do_not_suppress_each_other() -> None:
     assert g.offer(ev(1, 0, obj="")) is APPLY
     assert g.offer(ev(49, 5, obj="feature/1")) is STALE
     assert g.offer(ev(2, 0, obj="feature/2")) is APPLY
-    applied = dict(g.snapshot()[0])
+    applied = g.applied()
     assert applied == {
         "feature/1": ((50,), T0),
         "feature/2": ((2,), T0),
@@ -160,14 +160,14 @@ def test_objects_bounded_by_max_objects_oldest_dropped_first() -> None:
     assert g.offer(ev(1, obj="a")) is APPLY
     assert g.offer(ev(1, obj="b")) is APPLY
     assert g.offer(ev(2, obj="b")) is APPLY  # an object already tracked: nobody evicted
-    assert [o for o, _ in g.snapshot()[0]] == ["a", "b"]
+    assert list(g.applied()) == ["a", "b"]
     assert g.offer(ev(1, obj="c")) is APPLY
-    assert [o for o, _ in g.snapshot()[0]] == ["b", "c"]
-    assert dict(g.snapshot()[0])["b"] == ((2,), T0)
+    assert list(g.applied()) == ["b", "c"]
+    assert g.applied()["b"] == ((2,), T0)
     # Judging or rejecting never evicts.
     assert g.offer(ev(1, obj="b", event_id="b-old")) is STALE
     assert g.judge(ev(1, obj="d")) is APPLY
-    assert [o for o, _ in g.snapshot()[0]] == ["b", "c"]
+    assert list(g.applied()) == ["b", "c"]
 
 
 gate_events = st.builds(
@@ -210,7 +210,7 @@ def test_gate_matches_reference_model(events: list[TileEvent]) -> None:
         else:
             expected = STALE
         assert g.offer(e) is expected
-    assert dict(g.snapshot()[0]) == applied
+    assert g.applied() == applied
     assert set(g.snapshot()[1]) == ids
 
 
