@@ -133,3 +133,11 @@ def test_batches_keep_tile_events_cheap_and_expand_the_rest():
     point = feature({"type": "Point", "coordinates": [0.5, 0.5]})
     out = expand_batch([tile, point], CFG)
     assert out[0] is tile and len(out) == 1 + 5
+
+
+def test_a_delete_dirties_where_the_feature_was():
+    where = square(13.3, 52.45, 0.05)
+    deleted = record(kind="feature", feature_id="lake-1", op="delete", geometry=where,
+                     previous_geometry=square(10.0, 50.0, 0.05))  # fmt: skip
+    assert isinstance(deleted, FanOutEvent)
+    assert tiles_of(expand(deleted, CFG)) == tiles_of(expand(feature(where), CFG))
