@@ -414,7 +414,7 @@ class _TooMany(Exception):
 
 
 class _Timeout(Exception):
-    pass
+    """The exact cover ran past its deadline; the caller falls back."""
 
 
 def _check_clock(deadline: float | None) -> None:

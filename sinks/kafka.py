@@ -24,7 +24,7 @@ KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
 
 
 class DeliveryFailed(Exception):
-    pass
+    """Some records of a batch were not acknowledged by the broker."""
 
 
 class KafkaProducerWriter:

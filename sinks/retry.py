@@ -38,7 +38,7 @@ class RetryPolicy:
 
 
 class SinkGaveUp(RuntimeError):
-    pass
+    """A sink failed ``max_attempts`` times; the job stops and restarts from recovery."""
 
 
 def write_with_retry(
