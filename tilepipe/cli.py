@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _run_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process gets
     if args.command is None:
         parser.print_help()
         return 2
@@ -160,7 +161,7 @@ def _run_cluster(settings: Any, args: argparse.Namespace) -> int:
     preflight(settings)
     ports = free_ports(settings.workers)
     addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
-    argv = sys.argv[1:]
+    argv = args.argv
     summaries = tempfile.mkdtemp(prefix="tilepipe-")
     procs = []
     for i in range(settings.workers):
