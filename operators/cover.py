@@ -61,7 +61,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import shapely
@@ -140,6 +140,11 @@ _BUCKET = {
     _POLYGON: "polygons",
     _MULTIPOLYGON: "polygons",
 }
+
+
+def _at(b: Any, idx: Any) -> Any:
+    """``b[idx]`` for a per-box array of buffers, ``b`` itself for one shared buffer."""
+    return b[idx] if isinstance(b, np.ndarray) and b.ndim else b
 
 
 def _project(lonlat: np.ndarray) -> np.ndarray:
@@ -277,7 +282,7 @@ class _Layer:
         if buffered or not self.is_points:  # a point's envelope test is exact
             sub_parts, sub_boxes = self.parts[i_part], boxes[i_box]
             if buffered:
-                ok = shapely.dwithin(sub_parts, sub_boxes, b[i_box] if np.ndim(b) else b)
+                ok = shapely.dwithin(sub_parts, sub_boxes, _at(b, i_box))
             else:
                 ok = shapely.intersects(sub_parts, sub_boxes)
             i_box = i_box[ok]
@@ -317,7 +322,7 @@ class _Projected:
             if not len(todo):
                 break
             sub_edges = tuple(e[todo] for e in edges)
-            out[todo] = layer.hits(boxes[todo], sub_edges, b[todo] if np.ndim(b) else b)
+            out[todo] = layer.hits(boxes[todo], sub_edges, _at(b, todo))
         return out
 
     def hits(
@@ -333,14 +338,14 @@ class _Projected:
             return out
         near = np.flatnonzero(out)
         if len(near):
-            sub_b = b[near] if np.ndim(b) else b
+            sub_b = _at(b, near)
             sub_edges = tuple(e[near] for e in edges)
             clear = self._any(boxes[near], sub_edges, np.maximum(sub_b - _TIE, 0.0))
             tie = near[~clear]
             if len(tie):
                 dists = [shapely.distance(layer.whole, boxes[tie]) for layer in self.layers]
                 dist = np.min(dists, axis=0)
-                out[tie] = dist <= (b[tie] if np.ndim(b) else b)
+                out[tie] = dist <= _at(b, tie)
         return out
 
     def inside(self, boxes: np.ndarray, edges: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -538,10 +543,10 @@ def _evaluate(
             _check_clock(deadline)
         sl = slice(start, start + _CHUNK)
         # Dyadic: tile edges are exact in float64.
-        n = np.ldexp(1.0, level[sl]) if np.ndim(level) else float(1 << level)
+        n = np.ldexp(1.0, level[sl]) if isinstance(level, np.ndarray) else float(1 << level)
         edges = (xs[sl] / n, ys[sl] / n, (xs[sl] + 1) / n, (ys[sl] + 1) / n)
         boxes = shapely.box(*edges)
-        h = prj.hits(boxes, edges, b[sl] if np.ndim(b) else b, final)
+        h = prj.hits(boxes, edges, _at(b, sl), final)
         hit[sl] = h
         if want_inside and prj.area is not None and h.any():
             # Only a tile that touches can be inside; a covered tile is a block.

@@ -145,7 +145,11 @@ def expand(event: TileEvent | FanOutEvent, cfg: EnrichConfig) -> list[TileEvent]
         log.exception("enrich: could not expand event %s", event.model.event_id)
         rec = event.record
         return DeadLetter(
-            "expansion_failed", f"{type(e).__name__}: {e}", rec.value, rec.origin, rec.received_ms
+            "expansion_failed",
+            f"{type(e).__name__}: {e}",
+            rec.value or b"",
+            rec.origin,
+            rec.received_ms,
         )
 
 

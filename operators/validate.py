@@ -81,7 +81,8 @@ def signature_valid(
 
 
 def _dead(rec: RawRecord, reason: str, error: str, field: str | None = None) -> DeadLetter:
-    return DeadLetter(reason, error, rec.value, rec.origin, rec.received_ms, field)
+    raw = rec.value if rec.value is not None else b""
+    return DeadLetter(reason, error, raw, rec.origin, rec.received_ms, field)
 
 
 def _from_validation_error(rec: RawRecord, exc: ValidationError) -> DeadLetter:

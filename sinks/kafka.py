@@ -7,9 +7,11 @@ outage holds the job back instead of losing bad records.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaException, Producer
@@ -38,7 +40,7 @@ class KafkaProducerWriter:
         policy: RetryPolicy | None = None,
         flush_timeout_s: float = 10.0,
     ) -> None:
-        config = {
+        config: dict[str, Any] = {
             "bootstrap.servers": ",".join(brokers),
             "acks": "all",
             "enable.idempotence": "true",
@@ -52,7 +54,7 @@ class KafkaProducerWriter:
         self.flush_timeout_s = flush_timeout_s
         self.producer = Producer(config)
 
-    def write(self, records: list[tuple[bytes | None, bytes]], sink: str = "kafka") -> None:
+    def write(self, records: Sequence[tuple[bytes | None, bytes]], sink: str = "kafka") -> None:
         todo = list(records)
 
         def attempt() -> None:
@@ -60,7 +62,7 @@ class KafkaProducerWriter:
             failed: list[tuple[bytes | None, bytes]] = []
             errors: list[str] = []
 
-            def report(err, msg, rec) -> None:  # type: ignore[no-untyped-def]
+            def report(err: Any, msg: Any, rec: tuple[bytes | None, bytes]) -> None:
                 if err is not None:
                     failed.append(rec)
                     errors.append(str(err))
@@ -72,7 +74,7 @@ class KafkaProducerWriter:
                             self.topic,
                             key=rec[0],
                             value=rec[1],
-                            on_delivery=lambda e, m, r=rec: report(e, m, r),
+                            on_delivery=functools.partial(report, rec=rec),
                         )
                         break
                     except BufferError:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
@@ -70,14 +71,14 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             if err is not None:
                 self._on_error(err)
                 continue
-            offset = msg.offset()
+            offset: int = msg.offset()  # type: ignore[assignment]  # set on consumed messages
             headers = msg.headers()
             batch.append(
                 RawRecord(
                     msg.value(),
                     {"topic": topic, "partition": partition, "offset": offset},
                     received,
-                    tuple(headers) if headers else (),
+                    tuple(headers) if headers else (),  # type: ignore[arg-type]
                 )
             )
             self._next_offset = offset + 1
@@ -145,8 +146,8 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
         self.batch_size = batch_size
         self.extra_config = dict(extra_config or {})
 
-    def _config(self) -> dict[str, str]:
-        config = {
+    def _config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
             "bootstrap.servers": ",".join(self.brokers),
             # Only assign() is used; the group id is never joined.
             "group.id": "tilepipe-unused",
@@ -158,13 +159,12 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
         return config
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient(
-            {
-                "bootstrap.servers": ",".join(self.brokers),
-                **self.extra_config,
-                "logger": KAFKA_LOGGER,
-            }
-        )
+        config: dict[str, Any] = {
+            "bootstrap.servers": ",".join(self.brokers),
+            **self.extra_config,
+            "logger": KAFKA_LOGGER,
+        }
+        admin = AdminClient(config)
         meta = admin.list_topics(self.topic, timeout=10)
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:

@@ -16,7 +16,7 @@ from tilepipe.versions import Version, VersionKey
 class RawRecord(NamedTuple):
     """One input record exactly as a source read it."""
 
-    value: bytes
+    value: bytes | None  # None: a Kafka tombstone (dead-lettered as empty_record)
     origin: dict[str, Any]
     """Where it came from: ``{topic, partition, offset}`` or ``{file, line}``."""
     received_ms: float

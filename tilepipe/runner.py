@@ -65,7 +65,8 @@ def _check_kafka(name: str, brokers: list[str], topic: str, extra: dict[str, str
     quiet = logging.getLogger("tilepipe.kafka.preflight")
     quiet.propagate = False  # the one-line error below says it all
     quiet.addHandler(logging.NullHandler())
-    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **extra, "logger": quiet})
+    config: dict[str, Any] = {"bootstrap.servers": ",".join(brokers), **extra, "logger": quiet}
+    admin = AdminClient(config)
     try:
         meta = admin.list_topics(timeout=5)
     except Exception as e:

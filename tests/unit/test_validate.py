@@ -80,7 +80,7 @@ def dead(value: bytes | None, config: ValidationConfig = CFG, **kw: Any) -> Dead
     out = check(value, config, **kw)
     assert isinstance(out, DeadLetter), out
     # Every dead letter keeps the record exactly and says where it came from.
-    assert out.raw == value
+    assert out.raw == (value if value is not None else b"")
     assert out.origin == ORIGIN
     assert out.received_ms == kw.get("received_ms", NOW)
     assert isinstance(out.error, str)
@@ -283,8 +283,12 @@ def test_invalid_utf8() -> None:
 
 
 def test_empty_record() -> None:
+    # A Kafka tombstone has no value at all; its dead letter must still serialise.
     dl = dead(None)
     assert dl.reason == "empty_record"
+    doc = dl.to_json_dict(raw_limit=1024)
+    assert doc["raw"] == ""
+    assert json.loads(json.dumps(doc))["origin"] == ORIGIN
 
 
 @pytest.mark.parametrize(
