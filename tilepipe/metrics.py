@@ -159,11 +159,23 @@ class Accounting:
 
     @staticmethod
     def summary_line(counts: dict[str, int]) -> str:
+        """One line that accounts for every record, and how fast the flow ran.
+
+        ``run_ms`` is the dataflow's own run time (connections included, imports
+        and pre-flight checks not); several processes ran side by side, so the
+        cluster's is the longest of theirs. ``peak_rss_kb`` adds up across them.
+        """
         accounted = sum(counts[o] for o in OUTCOMES)
         pending = counts["in"] - accounted
-        return (
+        line = (
             f"tilepipe: {counts['in']} records in: {counts['broadcast']} broadcast,"
             f" {counts['duplicate']} duplicate, {counts['stale']} stale,"
             f" {counts['dead_letter']} dead-lettered"
             + ("" if pending == 0 else f", {pending} unaccounted")
         )
+        run_ms = counts.get("run_ms")
+        if run_ms:
+            line += f"; ran {run_ms / 1000:.2f} s, {counts['in'] * 1000 / run_ms:.0f} records/s"
+        if counts.get("peak_rss_kb"):
+            line += f", peak RSS {counts['peak_rss_kb'] / 1024:.0f} MiB"
+        return line

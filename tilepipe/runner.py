@@ -174,8 +174,29 @@ def run_process(settings: Any) -> dict[str, int] | None:
     if settings.addresses:
         kwargs["addresses"] = settings.addresses.split(";")
         kwargs["process_id"] = settings.process_id
+    started = time.monotonic()
     try:
         cli_main(flow, **kwargs)
     finally:
         progress.stop.set()
-    return Accounting.snapshot()
+    counts = Accounting.snapshot()
+    counts["run_ms"] = round((time.monotonic() - started) * 1000)
+    counts["peak_rss_kb"] = peak_rss_kb()
+    return counts
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident set since it started, in KiB (0 if unknown).
+
+    ``/proc/self/status`` VmHWM, not ``getrusage``: Linux carries the launching
+    process's RSS across fork and exec into ``ru_maxrss``, so a job started by
+    a big parent would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 SUMMARY = re.compile(
     r"tilepipe: (\d+) records in: (\d+) broadcast, (\d+) duplicate, (\d+) stale,"
-    r" (\d+) dead-lettered$"
+    r" (\d+) dead-lettered; ran [0-9.]+ s, \d+ records/s, peak RSS \d+ MiB$"
 )
 NOW_MS = int(time.time() * 1000)
 

@@ -1,0 +1,36 @@
+"""The benchmark suite at its tiny size, so it never rots; no figure is asserted on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_suite_runs_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "tiny", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    # Every event of the pre-loaded runs came out: one broadcast per distinct tile,
+    # and at most one per hot tile per release.
+    assert r["distinct"]["broadcasts_received"] == r["distinct"]["events"]
+    assert 0 < r["hot"]["broadcasts_received"] < r["hot"]["events"]
+    for run in r["latency"]:
+        assert run["all_received"] and run["received"] == run["produced"] > 0
+    for name in ("distinct", "hot", "baseline"):
+        assert r[name]["events_per_s"] > 0
+    assert r["ceilings"]["kafka_consume_per_s"] > 0
+    assert r["state"]["tiles"] == 5000
+    assert r["fanout"]["tiles"] > 0
+    assert r["workers"]["one_events_per_s"] > 0 and r["workers"]["two_events_per_s"] > 0
+    assert "targets:" in done.stdout and "distinct_vs_baseline" in r["ratios"]
