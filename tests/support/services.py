@@ -486,11 +486,14 @@ def start_redis(use_existing: bool = True) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _spawn_redis(binary: str, workdir: Path, db: int) -> tuple[subprocess.Popen[bytes], str]:
-    """Start redis-server on a free port and wait for PING (a new port if it was taken)."""
+def _spawn_redis(
+    binary: str, workdir: Path, db: int, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server on ``port`` (default: a free one; a new one if it was taken)."""
     log_path = workdir / "redis.log"
-    for attempt in range(3):
-        port = free_port()
+    fixed = port
+    for attempt in range(1 if fixed else 3):
+        port = fixed or free_port()
         cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", str(workdir), "--logfile", ""]  # fmt: skip
         with log_path.open("ab") as log:
@@ -515,6 +518,48 @@ def _spawn_redis(binary: str, workdir: Path, db: int) -> tuple[subprocess.Popen[
         else:
             return proc, url
     raise AssertionError("unreachable")
+
+
+class RedisServer:
+    """A throwaway redis-server (no persistence) that a test can stop and start again.
+
+    It comes back on the same port, empty, as a Redis without persistence does after
+    a crash::
+
+        with RedisServer() as server:
+            ...  # server.url
+            server.stop()
+            server.start()
+    """
+
+    def __init__(self, db: int = 0) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no redis-server on PATH: install Redis >= 7")
+        self._binary = binary
+        self._db = db
+        self._workdir = Path(tempfile.mkdtemp(prefix="tilepipe-redis-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self.url = ""
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def start(self) -> None:
+        self._proc, self.url = _spawn_redis(self._binary, self._workdir, self._db, self._port)
+        self._port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL: no goodbye to clients, as in a crash)."""
+        if self._proc is not None:
+            _kill(self._proc)
+            self._proc = None
 
 
 class RedisSubscriber:
