@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from sinks.file import record_dead_letters
 from sinks.retry import RetryPolicy, write_with_retry
@@ -52,13 +52,29 @@ class KafkaProducerWriter:
         self.topic = topic
         self.policy = policy or RetryPolicy()
         self.flush_timeout_s = flush_timeout_s
+        self._config = config
         self.producer = Producer(config)
+        self._broken = False
+
+    def _renew_if_broken(self) -> None:
+        """Replace a producer that hit a fatal error: librdkafka will not send with it again.
+
+        An idempotent producer's fatal errors (fenced, out-of-order sequence, e.g.
+        after messages timed out while the broker hung) are final for that
+        instance; a new one gets a new producer id and carries on.
+        """
+        if not self._broken:
+            return
+        log.warning("Kafka producer for %r hit a fatal error; starting a new one", self.topic)
+        self.producer = Producer(self._config)
+        self._broken = False
 
     def write(self, records: Sequence[tuple[bytes | None, bytes]], sink: str = "kafka") -> None:
         todo = list(records)
 
         def attempt() -> None:
             nonlocal todo
+            self._renew_if_broken()
             failed: list[tuple[bytes | None, bytes]] = []
             errors: list[str] = []
 
@@ -66,6 +82,8 @@ class KafkaProducerWriter:
                 if err is not None:
                     failed.append(rec)
                     errors.append(str(err))
+                    if err.fatal() or err.code() == KafkaError.PRODUCER_FENCED:
+                        self._broken = True
 
             for rec in todo:
                 while True:
@@ -79,8 +97,16 @@ class KafkaProducerWriter:
                         break
                     except BufferError:
                         self.producer.poll(0.1)
-            remaining = self.producer.flush(self.flush_timeout_s)
-            if remaining or failed:
+            # Wait for every record's verdict before deciding what to retry: a record
+            # still queued when a flush times out reports later, and a failure reported
+            # after this attempt ended would be lost. message.timeout.ms bounds the wait.
+            try:
+                while self.producer.flush(self.flush_timeout_s):
+                    pass
+            except KafkaException as e:  # a fatal error surfaced by the flush itself
+                self._broken = self._broken or e.args[0].fatal()
+                raise
+            if failed:
                 todo = failed
                 raise DeliveryFailed(
                     f"{len(failed)} of the batch not acknowledged by topic {self.topic!r}"

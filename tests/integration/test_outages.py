@@ -43,6 +43,11 @@ def stored_versions(client: redis.Redis, prefix: str) -> dict[int, int]:
     return out
 
 
+def at_version(client: redis.Redis, prefix: str, version: int):  # type: ignore[no-untyped-def]
+    """A predicate: every tile's stored message is at ``version``."""
+    return lambda: stored_versions(client, prefix) == dict.fromkeys(range(TILES), version)
+
+
 def wait_until(predicate, timeout: float, what: str, job: Job) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -68,8 +73,7 @@ def test_redis_outage_is_waited_out_with_back_pressure_and_nothing_lost(kafka: K
                   "--dlq", "file:/dev/null")  # fmt: skip
         try:
             kafka.produce(topic, versions(1, 3, now), key=key_of)
-            wait_until(lambda: stored_versions(client, "tilepipe") == dict.fromkeys(range(TILES), 3),
-                       60, "phase 1 in Redis", job)  # fmt: skip
+            wait_until(at_version(client, "tilepipe", 3), 60, "phase 1 in Redis", job)
             server.stop()
             # Away: a small batch first (the sink is now retrying it), then a flood.
             kafka.produce(topic, versions(4, 4, now), key=key_of)
@@ -89,8 +93,7 @@ def test_redis_outage_is_waited_out_with_back_pressure_and_nothing_lost(kafka: K
 
             server.start()  # empty, as a Redis without persistence comes back
             client = redis.Redis.from_url(server.url)
-            wait_until(lambda: stored_versions(client, "tilepipe") == dict.fromkeys(range(TILES), 400),
-                       90, "every tile at its newest version after the outage", job)  # fmt: skip
+            wait_until(at_version(client, "tilepipe", 400), 90, "every tile at v400", job)
             job.wait_metric("tilepipe_sink_up", lambda v: v == 1)
             assert job.metric("tilepipe_broadcast_retries_total") >= 1
             code, _, err = job.stop()
@@ -103,3 +106,88 @@ def test_redis_outage_is_waited_out_with_back_pressure_and_nothing_lost(kafka: K
     total = TILES * 400
     assert c["in"] == total and c["dead_letter"] == 0
     assert c["broadcast"] + c["duplicate"] + c["stale"] == total  # every record accounted for
+
+
+def labelled(job: Job, name: str, labels: str) -> float:
+    """One sample of a labelled metric, e.g. ``labelled(job, "tilepipe_sink_up", 'sink="dlq"')``."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{job.metrics_port}/metrics", timeout=5)
+    for line in body.read().decode().splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{labels}}}")
+
+
+def invalid(tag: str, n: int) -> list[bytes]:
+    return [f'{{"broken": "{tag}-{i}"'.encode() for i in range(n)]
+
+
+def test_dlq_broker_outage_loses_no_dead_letter(kafka: KafkaBroker, tmp_path: Path) -> None:
+    """The DLQ's broker stops answering (SIGSTOP: a hung broker, the hard case) and comes back."""
+    topic = kafka.new_topic("dlq-outage-in")
+    now = int(time.time() * 1000)
+    with KafkaBroker() as dlq_broker:
+        dlq = dlq_broker.new_topic("dead")
+        job = Job("--source", kafka.url(topic), "--sink", f"file:{tmp_path / 'out.jsonl'}",
+                  "--dlq", dlq_broker.url(dlq))  # fmt: skip
+        try:
+            kafka.produce(topic, invalid("before", 20) + versions(1, 1, now), key=key_of)
+            assert len(dlq_broker.consume_all(dlq, 20, timeout=60)) >= 20
+            dlq_broker.freeze()
+            try:
+                kafka.produce(topic, invalid("during", 30) + versions(2, 2, now), key=key_of)
+                # Past the producer's 10 s message timeout: deliveries fail and are retried.
+                time.sleep(13)
+                assert job.proc.poll() is None, "the job must outlive the outage"
+                assert labelled(job, "tilepipe_sink_up", 'sink="dlq"') == 0
+            finally:
+                dlq_broker.thaw()
+            got = dlq_broker.consume_all(dlq, 50, timeout=90)
+            wait_until(lambda: labelled(job, "tilepipe_sink_up", 'sink="dlq"') == 1,
+                       90, "the DLQ sink back up", job)  # fmt: skip
+            code, _, err = job.stop()
+        finally:
+            if job.proc.poll() is None:
+                job.kill()
+    assert code == 0, err[-3000:]
+    raws = {json.loads(m.value())["raw"] for m in got}
+    want = {r.decode() for r in invalid("before", 20) + invalid("during", 30)}
+    assert raws == want  # every dead letter arrived (a retry may repeat one: at-least-once)
+    assert "dlq sink: write failed" in err
+    c = counts(err)
+    assert c["dead_letter"] == 50 and c["in"] == 50 + 2 * TILES
+
+
+def test_source_broker_hang_resumes_at_the_right_offsets(
+    private_kafka: KafkaBroker, redis_url: str
+) -> None:
+    """The source's broker hangs mid-stream; the job waits and reads each record once."""
+    kafka = private_kafka
+    topic = kafka.new_topic("broker-hang", partitions=2)
+    now = int(time.time() * 1000)
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"hang{now}"
+    sink = f"{redis_url}?channel={prefix}&prefix={prefix}"
+    job = Job("--source", kafka.url(topic), "--sink", sink, "--dlq", "file:/dev/null")
+    try:
+        kafka.produce(topic, versions(1, 5, now), key=key_of)
+        wait_until(at_version(client, prefix, 5), 60, "phase 1 in Redis", job)
+        kafka.freeze()
+        time.sleep(8)
+        assert job.proc.poll() is None, "the job must outlive the outage"
+        kafka.thaw()
+        kafka.produce(topic, versions(6, 10, now), key=key_of)
+        wait_until(at_version(client, prefix, 10), 60, "phase 2 in Redis", job)
+        code, _, err = job.stop()
+    finally:
+        if job.proc.poll() is None:
+            job.kill()
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+    assert code == 0, err[-3000:]
+    c = counts(err)
+    # Exactly the records produced: nothing re-read after the hang, nothing skipped.
+    assert c["in"] == 10 * TILES
+    assert c["broadcast"] + c["duplicate"] + c["stale"] == 10 * TILES
+    assert c["duplicate"] == c["stale"] == 0

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -280,6 +281,15 @@ class KafkaBroker:
         """Kill the process (SIGKILL: an abrupt outage, not a clean shutdown)."""
         if self._proc is not None:
             _kill(self._proc)
+
+    def freeze(self) -> None:
+        """SIGSTOP the broker: connections stay open and nothing answers (a hung broker)."""
+        assert self._proc is not None, "the broker is not running"
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None, "the broker is not running"
+        self._proc.send_signal(signal.SIGCONT)
 
     def restart(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Kill the broker and start it again on the same port.
