@@ -102,6 +102,15 @@ class Job:
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out.decode(), err.decode()
 
+    def stop_when_done(self, timeout: float = 120) -> tuple[int, str, str]:
+        """Wait for a job that ends by itself (file source, ``--kafka-exit-at-end``)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        return self.proc.returncode, out.decode(), err.decode()
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.communicate(timeout=30)
