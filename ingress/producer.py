@@ -1,0 +1,178 @@
+"""Producing to the raw topic from asyncio, answered only once the broker has acked.
+
+confluent-kafka's ``Producer`` is asynchronous already: ``produce()`` only
+queues a record, librdkafka batches queued records into broker requests
+(``linger.ms``), and a delivery report comes back through ``poll()``. A
+thread of ours calls ``poll()`` and hands each report to the event loop,
+where it settles the future the request is awaiting. So a request makes no
+broker round trip of its own: it queues its records and awaits their
+reports, and concurrent requests share broker requests.
+
+The producer is idempotent with ``acks=all``: an acknowledged record is on
+every in-sync replica, and librdkafka's own retries never write it twice.
+A record not acknowledged within ``produce_timeout`` is reported as failed
+(``message.timeout.ms``), and the request answers 503. Should the producer
+hit a fatal error (idempotence state the broker no longer knows, e.g. after
+a broker lost its storage) it is replaced by a fresh one; records still
+queued in the old one are failed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+log = logging.getLogger("tilepipe.ingress.producer")
+# librdkafka logs through Python logging (JSON lines), not straight to stderr.
+KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
+
+
+class OutRecord(NamedTuple):
+    """One record for the raw topic."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+    timestamp_ms: int
+
+
+class AsyncProducer:
+    """Queue records to one topic and await the broker's acknowledgement of each."""
+
+    def __init__(
+        self,
+        brokers: Sequence[str],
+        topic: str,
+        *,
+        extra_config: Mapping[str, str] | None = None,
+        produce_timeout_s: float = 5.0,
+        linger_ms: float = 2.0,
+    ) -> None:
+        self.topic = topic
+        self.produce_timeout_s = produce_timeout_s
+        self._config: dict[str, Any] = {
+            "bootstrap.servers": ",".join(brokers),
+            "acks": "all",
+            "enable.idempotence": "true",
+            "linger.ms": str(linger_ms),
+            "message.timeout.ms": str(max(1, int(produce_timeout_s * 1000))),
+            # Fail fast while the broker is away instead of piling up records.
+            "queue.buffering.max.messages": "200000",
+            "reconnect.backoff.max.ms": "1000",
+            **(extra_config or {}),
+            "logger": KAFKA_LOGGER,
+            "error_cb": self._on_error,
+        }
+        self._producer = Producer(self._config)
+        self._fatal: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_error: str | None = None
+        """The last broker-level error librdkafka reported (for /readyz), if any."""
+        self.last_ack_monotonic: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._serve_reports, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    def warm_up(self, timeout_s: float = 10.0) -> None:
+        """Fetch the topic's metadata now, so the first request does not wait for it."""
+        try:
+            self._producer.list_topics(self.topic, timeout=timeout_s)
+        except KafkaException as e:
+            log.warning("could not fetch metadata of %r at startup: %s", self.topic, e)
+
+    @property
+    def alive(self) -> bool:
+        """Whether delivery reports are being served (the poll thread runs)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for queued records; returns how many were left."""
+        left = self._producer.flush(timeout_s)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        return left
+
+    def _serve_reports(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._producer.poll(0.05)
+            except Exception:  # a callback of ours misbehaved: keep serving the others
+                log.exception("error while serving Kafka delivery reports")
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.last_error = str(err)
+        if err.fatal():
+            self._fatal = str(err)
+            log.error("Kafka producer fatal error; it will be replaced: %s", err)
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            log.warning("no Kafka broker is reachable: %s", err)
+
+    def _replace_if_fatal(self) -> None:
+        if self._fatal is None:
+            return
+        old, self._producer, self._fatal = self._producer, Producer(self._config), None
+        log.warning("replaced the Kafka producer after a fatal error")
+
+        def drain() -> None:  # fail whatever the old one still holds, then let it go
+            old.purge()
+            old.flush(self.produce_timeout_s + 5)
+
+        threading.Thread(target=drain, name="kafka-drain", daemon=True).start()
+
+    # -- producing ------------------------------------------------------------------
+
+    async def send(self, records: Sequence[OutRecord]) -> list[str | None]:
+        """Produce ``records``; for each, ``None`` once acknowledged or why it was not.
+
+        Never raises for a broker problem: every record gets its own answer.
+        """
+        loop = asyncio.get_running_loop()
+        self._replace_if_fatal()
+        futures: list[asyncio.Future[str | None]] = []
+        producer = self._producer
+
+        def settle(fut: asyncio.Future[str | None], err: str | None) -> None:
+            if not fut.done():
+                fut.set_result(err)
+
+        for rec in records:
+            fut: asyncio.Future[str | None] = loop.create_future()
+            futures.append(fut)
+
+            def report(err: KafkaError | None, _msg: Message, fut: Any = fut) -> None:
+                if err is None:
+                    self.last_ack_monotonic = time.monotonic()
+                loop.call_soon_threadsafe(settle, fut, None if err is None else str(err))
+
+            try:
+                producer.produce(
+                    self.topic,
+                    value=rec.value,
+                    key=rec.key,
+                    headers=rec.headers,
+                    timestamp=rec.timestamp_ms,
+                    on_delivery=report,
+                )
+            except BufferError:
+                fut.set_result("the producer's local queue is full")
+            except KafkaException as e:  # e.g. fatal: nothing was queued
+                fut.set_result(str(e.args[0]) if e.args else repr(e))
+        if not futures:
+            return []
+        # Reports come within message.timeout.ms; the margin covers librdkafka's timeout
+        # scan. Past it we answer anyway, and a late acknowledgement costs one duplicate.
+        await asyncio.wait(futures, timeout=self.produce_timeout_s + 5)
+        return [f.result() if f.done() else "no delivery report in time" for f in futures]
