@@ -11,10 +11,14 @@ reports, and concurrent requests share broker requests.
 The producer is idempotent with ``acks=all``: an acknowledged record is on
 every in-sync replica, and librdkafka's own retries never write it twice.
 A record not acknowledged within ``produce_timeout`` is reported as failed
-(``message.timeout.ms``), and the request answers 503. Should the producer
-hit a fatal error (idempotence state the broker no longer knows, e.g. after
-a broker lost its storage) it is replaced by a fresh one; records still
-queued in the old one are failed, never silently dropped.
+(``message.timeout.ms``), and the request answers 503. A producer that has
+acknowledged nothing for longer than that when a delivery fails, or that hit
+a fatal error, is replaced by a fresh one on the next request: a broker that
+came back without the producer's idempotence state (storage lost) answers
+"unknown producer id" to the old one forever, while librdkafka keeps bumping
+the epoch locally. Records still queued in the old producer are failed (503,
+the client repeats them), never silently dropped; one the broker did write
+after all becomes a duplicate, which the dataflow drops.
 """
 
 from __future__ import annotations
@@ -70,13 +74,13 @@ class AsyncProducer:
             "error_cb": self._on_error,
         }
         self._producer = Producer(self._config)
-        self._fatal: str | None = None
+        self._healthy_at = time.monotonic()  # creation, or the last acknowledgement
+        self._replace_because: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_error: str | None = None
         """The last broker-level error librdkafka reported (for /readyz), if any."""
-        self.last_ack_monotonic: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -115,16 +119,28 @@ class AsyncProducer:
     def _on_error(self, err: KafkaError) -> None:
         self.last_error = str(err)
         if err.fatal():
-            self._fatal = str(err)
+            self._replace_because = f"fatal error: {err}"
             log.error("Kafka producer fatal error; it will be replaced: %s", err)
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             log.warning("no Kafka broker is reachable: %s", err)
 
-    def _replace_if_fatal(self) -> None:
-        if self._fatal is None:
+    def _delivered(self, err: KafkaError | None) -> None:
+        """Every delivery report passes here (on the poll thread)."""
+        now = time.monotonic()
+        if err is None:
+            self._healthy_at = now
+        elif now - self._healthy_at > self.produce_timeout_s:
+            self._replace_because = f"no acknowledgement for {now - self._healthy_at:.0f} s: {err}"
+
+    def _replace_if_needed(self) -> None:
+        because = self._replace_because
+        if because is None:
             return
-        old, self._producer, self._fatal = self._producer, Producer(self._config), None
-        log.warning("replaced the Kafka producer after a fatal error")
+        old = self._producer
+        self._producer = Producer(self._config)
+        self._healthy_at = time.monotonic()
+        self._replace_because = None
+        log.warning("replaced the Kafka producer (%s)", because)
 
         def drain() -> None:  # fail whatever the old one still holds, then let it go
             old.purge()
@@ -140,7 +156,7 @@ class AsyncProducer:
         Never raises for a broker problem: every record gets its own answer.
         """
         loop = asyncio.get_running_loop()
-        self._replace_if_fatal()
+        self._replace_if_needed()
         futures: list[asyncio.Future[str | None]] = []
         producer = self._producer
 
@@ -153,8 +169,7 @@ class AsyncProducer:
             futures.append(fut)
 
             def report(err: KafkaError | None, _msg: Message, fut: Any = fut) -> None:
-                if err is None:
-                    self.last_ack_monotonic = time.monotonic()
+                self._delivered(err)
                 loop.call_soon_threadsafe(settle, fut, None if err is None else str(err))
 
             try:
