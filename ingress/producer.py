@@ -27,6 +27,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -35,6 +36,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 log = logging.getLogger("tilepipe.ingress.producer")
 # librdkafka logs through Python logging (JSON lines), not straight to stderr.
 KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
+
+
+def _settle_all(batch: list[tuple[asyncio.Future[str | None], str | None]]) -> None:
+    for fut, err in batch:
+        if not fut.done():
+            fut.set_result(err)
 
 
 class OutRecord(NamedTuple):
@@ -79,6 +86,9 @@ class AsyncProducer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # (future, error) of delivery reports not yet handed to the loop; appended by
+        # librdkafka callbacks on whichever thread polls.
+        self._reports: deque[tuple[asyncio.Future[str | None], str | None]] = deque()
         self.last_error: str | None = None
         """The last broker-level error librdkafka reported (for /readyz), if any."""
 
@@ -115,6 +125,17 @@ class AsyncProducer:
                 self._producer.poll(0.05)
             except Exception:  # a callback of ours misbehaved: keep serving the others
                 log.exception("error while serving Kafka delivery reports")
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the reports gathered by one ``poll()`` to the event loop in one wake-up."""
+        reports = self._reports
+        if not reports or self._loop is None:
+            return
+        batch = []
+        while reports:
+            batch.append(reports.popleft())
+        self._loop.call_soon_threadsafe(_settle_all, batch)
 
     def _on_error(self, err: KafkaError) -> None:
         self.last_error = str(err)
@@ -144,7 +165,11 @@ class AsyncProducer:
 
         def drain() -> None:  # fail whatever the old one still holds, then let it go
             old.purge()
-            old.flush(self.produce_timeout_s + 5)
+            deadline = time.monotonic() + self.produce_timeout_s + 5
+            while len(old) and time.monotonic() < deadline:
+                old.poll(0.1)
+                self._dispatch()
+            self._dispatch()
 
         threading.Thread(target=drain, name="kafka-drain", daemon=True).start()
 
@@ -159,10 +184,7 @@ class AsyncProducer:
         self._replace_if_needed()
         futures: list[asyncio.Future[str | None]] = []
         producer = self._producer
-
-        def settle(fut: asyncio.Future[str | None], err: str | None) -> None:
-            if not fut.done():
-                fut.set_result(err)
+        reports = self._reports
 
         for rec in records:
             fut: asyncio.Future[str | None] = loop.create_future()
@@ -170,7 +192,7 @@ class AsyncProducer:
 
             def report(err: KafkaError | None, _msg: Message, fut: Any = fut) -> None:
                 self._delivered(err)
-                loop.call_soon_threadsafe(settle, fut, None if err is None else str(err))
+                reports.append((fut, None if err is None else str(err)))
 
             try:
                 producer.produce(

@@ -1,7 +1,7 @@
 """The ingress app without a broker: every status code, batches, dedup, headers.
 
 The producer here is a stand-in that records what it was given and can be told
-to fail; tests/integration/test_ingress.py runs the same app on real Tansu.
+to fail; tests/integration/test_ingress_live.py runs the same app on real Tansu.
 """
 
 from __future__ import annotations
