@@ -89,8 +89,6 @@ class AsyncProducer:
         # (future, error) of delivery reports not yet handed to the loop; appended by
         # librdkafka callbacks on whichever thread polls.
         self._reports: deque[tuple[asyncio.Future[str | None], str | None]] = deque()
-        self.last_error: str | None = None
-        """The last broker-level error librdkafka reported (for /readyz), if any."""
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -138,7 +136,6 @@ class AsyncProducer:
         self._loop.call_soon_threadsafe(_settle_all, batch)
 
     def _on_error(self, err: KafkaError) -> None:
-        self.last_error = str(err)
         if err.fatal():
             self._replace_because = f"fatal error: {err}"
             log.error("Kafka producer fatal error; it will be replaced: %s", err)
