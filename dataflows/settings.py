@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tilepipe.signing import parse_secrets
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -140,16 +142,22 @@ class Settings(BaseSettings):
         _require_scheme("dlq", v, ("file", "kafka"))
         return v
 
+    @field_validator("hmac_secrets")
+    @classmethod
+    def _check_secrets(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_secrets(v.get_secret_value())  # a mistake stops the job before it starts
+        return v
+
     def secrets_by_key(self) -> dict[str, bytes] | None:
-        if self.hmac_secrets is None or not self.hmac_secrets.get_secret_value().strip():
-            return None
-        out: dict[str, bytes] = {}
-        for i, item in enumerate(self.hmac_secrets.get_secret_value().split(",")):
-            kid, sep, secret = item.strip().partition(":")
-            if not sep:
-                kid, secret = f"key{i}", kid
-            out[kid] = secret.encode()
-        return out
+        return secrets_from(self.hmac_secrets)
+
+
+def secrets_from(value: SecretStr | None) -> dict[str, bytes] | None:
+    """``TILEPIPE_HMAC_SECRETS`` as secrets by key id; ``None`` when unset or blank."""
+    if value is None or not value.get_secret_value().strip():
+        return None
+    return parse_secrets(value.get_secret_value())
 
 
 def _require_scheme(name: str, uri: str, allowed: tuple[str, ...]) -> None:

@@ -10,8 +10,6 @@ flow goes on.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from pydantic import ValidationError
 
 from operators.fastpath import fast_tile_event
 from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
+from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signature_valid
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
@@ -29,8 +28,18 @@ from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "x-tilepipe-signature"
-TIMESTAMP_HEADER = "x-tilepipe-timestamp"
+# Signing lives in tilepipe.signing (shared with the ingress and the client).
+__all__ = [
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "Validated",
+    "ValidationConfig",
+    "sign",
+    "signature_valid",
+    "validate",
+    "validate_batch",
+    "validate_record",
+]
 
 # pydantic's built-in error types, folded into the DLQ's reason codes.
 _REASONS = {
@@ -52,32 +61,6 @@ class ValidationConfig:
     hmac_secrets: Mapping[str, bytes] | None = None
     """Active secrets by key id; when set, every record must carry a valid signature."""
     geometry: GeometryRules = field(default_factory=GeometryRules)
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The ``x-tilepipe-signature`` header value for ``body``."""
-    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def signature_valid(
-    secrets: Mapping[str, bytes], headers: Iterable[tuple[str, bytes]], body: bytes
-) -> bool:
-    """Whether the signature headers match ``body`` under any active secret."""
-    found = {k.lower(): v for k, v in headers if k.lower() in (SIGNATURE_HEADER, TIMESTAMP_HEADER)}
-    sig, ts = found.get(SIGNATURE_HEADER), found.get(TIMESTAMP_HEADER)
-    if sig is None or ts is None:
-        return False
-    try:
-        ts_text = ts.decode("ascii")
-        sig_text = sig.decode("ascii")
-    except UnicodeDecodeError:
-        return False
-    ok = False
-    for secret in secrets.values():
-        # No early exit: the time taken does not reveal which key matched.
-        ok |= hmac.compare_digest(sign(secret, ts_text, body), sig_text)
-    return ok
 
 
 def _dead(rec: RawRecord, reason: str, error: str, field: str | None = None) -> DeadLetter:

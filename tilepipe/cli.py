@@ -83,6 +83,69 @@ def _run_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+INGRESS_EXAMPLES = """\
+examples:
+  TILEPIPE_HMAC_SECRETS=k2026:s3cret tilepipe ingress --listen 0.0.0.0:8080 \\
+      --sink kafka://127.0.0.1:9092/tile-events
+  tilepipe ingress --listen 127.0.0.1:8443 --sink kafka://broker:9092/tile-events \\
+      --tls-certfile cert.pem --tls-keyfile key.pem     # TLS when running bare
+
+POST /v1/events takes one event (application/json) or a batch (application/x-ndjson),
+signed: X-Tilepipe-Timestamp (unix seconds) and X-Tilepipe-Signature: sha256=<hex of
+HMAC-SHA256(secret, timestamp + "." + body)>. 202 once the broker acknowledged; 401, 400,
+413, 415, 422 for bad requests; 503 + Retry-After while the broker is unavailable.
+Other settings are TILEPIPE_INGRESS_* variables (e.g. TILEPIPE_INGRESS_DEDUP_WINDOW=10m).
+"""
+
+SEND_EXAMPLES = """\
+examples:
+  TILEPIPE_SEND_SECRET=k2026:s3cret tilepipe send --url http://127.0.0.1:8080 events.jsonl
+  echo '{"event_id":"e1","kind":"tile","version":1,"source":"me","ts":1767225600000,\\
+        "z":3,"x":4,"y":2}' | TILEPIPE_SEND_SECRET=s3cret tilepipe send --url http://127.0.0.1:8080
+
+The secret comes from --secret-file, else TILEPIPE_SEND_SECRET, else the newest (last) of
+TILEPIPE_HMAC_SECRETS (--key-id picks another); never from a flag's value. Exit code 0 when
+every event was accepted (or already had been), 1 when some were rejected, 2 on errors.
+"""
+
+
+def _ingress_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "ingress",
+        help="serve the HTTP ingress: signed events in, onto the raw Kafka topic",
+        description="Receive signed tile events over HTTP, validate them with the dataflow's "
+        "rules and produce them to the raw topic, answering 202 once the broker acknowledged.",
+        epilog=INGRESS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", help="HOST:PORT to serve on [127.0.0.1:8080]")
+    p.add_argument("--sink", help="kafka://HOST:PORT[,..]/TOPIC, the raw topic")
+    p.add_argument("--tls-certfile", help="serve HTTPS with this PEM certificate chain")
+    p.add_argument("--tls-keyfile", help="the certificate's PEM private key")
+    p.add_argument("--tls-client-ca", help="require client certificates from this CA (mTLS)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO]")
+    return p
+
+
+def _send_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "send",
+        help="sign and post events (JSON lines) to an ingress",
+        description="Sign and post events to a tilepipe ingress, in batches, retrying 503s.",
+        epilog=SEND_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", nargs="?", default="-", help="JSON lines, one event each [- = stdin]")
+    p.add_argument("--url", required=True, help="the ingress, e.g. http://127.0.0.1:8080")
+    p.add_argument("--batch", type=int, default=100, help="events per request [100]")
+    p.add_argument("--retries", type=int, default=3, help="retries of a 503 or lost connection")
+    p.add_argument("--secret-file", help="file holding the secret (keyid:secret or secret)")
+    p.add_argument("--key-id", help="which key of TILEPIPE_HMAC_SECRETS to sign with")
+    p.add_argument("--cafile", help="CA bundle to verify an https:// ingress with")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request [30]")
+    return p
+
+
 _SETTING_FLAGS = (
     "source", "sink", "dlq", "kafka_start", "kafka_exit_at_end", "workers", "recovery_dir",
     "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
@@ -97,12 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n"
         "  tilepipe run                       # the job on the built-in generator\n"
         "  tilepipe run --source kafka://127.0.0.1:9092/tile-events --sink redis://127.0.0.1:6379/0\n"
+        "  tilepipe ingress --listen 0.0.0.0:8080 --sink kafka://127.0.0.1:9092/tile-events\n"
         "\nRun 'tilepipe COMMAND --help' for a command's options and more examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tilepipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _run_parser(sub)
+    _ingress_parser(sub)
+    _send_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process gets
     if args.command is None:
@@ -111,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run(args)
+        if args.command == "ingress":
+            from ingress.server import ingress_command
+
+            return ingress_command(args)
+        if args.command == "send":
+            from tilepipe.client import send_command
+
+            return send_command(args)
     except UserError as e:
         print(f"tilepipe {args.command}: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,129 @@
+"""From a request body to records checked with the dataflow's own rules.
+
+A body is one event (``application/json``) or a batch, one event a line
+(``application/x-ndjson``). Each record is checked by
+:func:`operators.validate.validate_record`, the function the dataflow's
+validate stage runs, so the ingress rejects exactly what the dataflow would
+dead-letter, with the same reason codes. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from operators.validate import ValidationConfig, validate_record
+from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
+from tilepipe.wire import EVENT_ADAPTER, GeometryRules
+
+BodyKind = Literal["json", "ndjson"]
+
+_MEDIA_TYPES: dict[str, BodyKind] = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "application/x-jsonlines": "ndjson",
+}
+ACCEPTED_MEDIA_TYPES = ("application/json", "application/x-ndjson")
+
+# Records that are not JSON objects at all are a bad request; JSON objects that break
+# the schema are unprocessable; one record over the size limit is too large.
+_STATUS = {"invalid_json": 400, "not_an_object": 400, "invalid_encoding": 400,
+           "empty_record": 400, "too_large": 413}  # fmt: skip
+MAX_FIELD_ERRORS = 20
+
+
+def body_kind(content_type: str | None) -> BodyKind | None:
+    """What a ``Content-Type`` announces; ``None`` if the ingress does not take it."""
+    media, _, params = (content_type or "").partition(";")
+    kind = _MEDIA_TYPES.get(media.strip().lower())
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return None
+    return kind
+
+
+def split_records(body: bytes, kind: BodyKind) -> list[bytes]:
+    """The records of a body: itself, or its non-blank lines (``\\r\\n`` allowed)."""
+    if kind == "json":
+        return [body]
+    lines = (line.removesuffix(b"\r") for line in body.split(b"\n"))
+    return [line for line in lines if line.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One record of a request, checked."""
+
+    index: int
+    value: bytes
+    event_id: str | None  # None when rejected
+    key: str | None
+    """The Kafka key: the tile partition key ``{z}:{quadkey}`` of a tile event; for
+    features and sensors, their object (``feature:{source}:{id}``), whose versions
+    the dataflow orders."""
+    rejection: DeadLetter | None
+
+
+def check_record(index: int, value: bytes, config: ValidationConfig, now_ms: float) -> Checked:
+    out = validate_record(RawRecord(value, {"index": index}, now_ms), config)
+    if isinstance(out, DeadLetter):
+        return Checked(index, value, None, None, out)
+    return Checked(index, value, *_identity(out), None)
+
+
+def _identity(event: TileEvent | FanOutEvent) -> tuple[str, str]:
+    if isinstance(event, TileEvent):
+        return event.event_id, event.key
+    m = event.model
+    if m.kind == "feature":
+        return m.event_id, f"feature:{m.source}:{m.feature_id}"
+    return m.event_id, f"sensor:{m.source}:{m.sensor_id}"
+
+
+def rejection_status(dead: DeadLetter) -> int:
+    return _STATUS.get(dead.reason, 422)
+
+
+def rejection_result(checked: Checked, rules: GeometryRules) -> dict[str, Any]:
+    """The per-record answer for a rejected record: status, reason code, field errors."""
+    dead = checked.rejection
+    assert dead is not None
+    result: dict[str, Any] = {
+        "index": checked.index,
+        "status": rejection_status(dead),
+        "result": "rejected",
+        "reason": dead.reason,
+        "field": dead.field,
+        "message": dead.error,
+    }
+    if result["status"] == 422:
+        errors = field_errors(checked.value, rules)
+        if errors:
+            result["errors"] = errors
+    return result
+
+
+def field_errors(value: bytes, rules: GeometryRules) -> list[dict[str, Any]]:
+    """Every schema error of a record (the dead letter names only the first)."""
+    try:
+        EVENT_ADAPTER.validate_json(value, context=rules)
+    except ValidationError as e:
+        out = []
+        for err in e.errors(include_url=False)[:MAX_FIELD_ERRORS]:
+            loc = [str(p) for p in err["loc"]]
+            if loc and loc[0] in ("tile", "feature", "telemetry"):
+                loc = loc[1:]  # the union's tag, not a field of the record
+            field = (err.get("ctx") or {}).get("field") or ".".join(loc) or None
+            out.append({"field": field, "type": err["type"], "message": err["msg"]})
+        return out
+    except (RecursionError, MemoryError, ValueError):
+        return []
+    return []

@@ -1,0 +1,153 @@
+"""Running the ingress: checks first, then uvicorn.
+
+:func:`prepare` turns the usual mistakes (no secret, a broker that does not
+answer, a missing topic, a port in use, a TLS file that cannot be read) into
+one line before anything is served. :func:`serve` runs uvicorn on the socket
+it bound, with uvloop and httptools, TLS when configured, and a graceful
+drain on SIGTERM: the listener closes, in-flight requests finish, the
+producer flushes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from dataflows.settings import kafka_uri, redact_url
+from ingress.app import Ingress, create_app
+from ingress.producer import AsyncProducer
+from ingress.settings import IngressSettings, host_port
+from tilepipe.cli import UserError
+
+log = logging.getLogger("tilepipe.ingress")
+
+
+def prepare(settings: IngressSettings) -> tuple[Ingress, socket.socket]:
+    """Check the configuration and the broker, bind the port; raises :class:`UserError`."""
+    if settings.sink is None:
+        raise UserError(
+            "no sink: pass --sink kafka://HOST:PORT/TOPIC (or set TILEPIPE_INGRESS_SINK)"
+        )
+    try:
+        secrets = settings.secrets_by_key()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not secrets:
+        raise UserError(
+            "no HMAC secret: set TILEPIPE_HMAC_SECRETS=keyid:secret[,keyid:secret]"
+            " (or TILEPIPE_HMAC_SECRETS_FILE=PATH); the ingress accepts signed requests only"
+        )
+    for name in ("tls_certfile", "tls_keyfile", "tls_client_ca"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise UserError(f"{name} {str(path)!r} is not a readable file")
+    brokers, topic = kafka_uri(settings.sink)
+    from tilepipe.runner import _check_kafka
+
+    _check_kafka("sink", brokers, topic, settings.kafka_config)
+    sock = _bind(settings.listen)
+    producer = AsyncProducer(
+        brokers,
+        topic,
+        extra_config=settings.kafka_config,
+        produce_timeout_s=settings.produce_timeout.total_seconds(),
+        linger_ms=settings.linger.total_seconds() * 1000,
+    )
+    return Ingress(settings, secrets, producer), sock
+
+
+def _bind(listen: str) -> socket.socket:
+    host, port = host_port(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {listen}: {e.strerror}; pick another --listen address"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _drop_color_message(record: logging.LogRecord) -> bool:
+    record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of the message
+    return True
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # A drained shutdown exits 0 instead of re-raising SIGTERM after the drain.
+            getattr(self, "_captured_signals", []).clear()
+
+
+def serve(settings: IngressSettings) -> int:
+    ingress, sock = prepare(settings)
+    tls: dict[str, Any] = {}
+    if settings.tls_certfile is not None:
+        tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
+        if settings.tls_client_ca is not None:
+            tls |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    config = uvicorn.Config(
+        create_app(ingress),
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,  # our JSON lines, not uvicorn's own format
+        access_log=False,  # rejections are logged; a line per accepted request is noise
+        server_header=False,
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=int(settings.shutdown_grace.total_seconds()) or 1,
+        **tls,
+    )
+    server = _Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_drop_color_message)
+    scheme = "https" if tls else "http"
+    log.info(
+        "ingress listening on %s://%s, producing to %s",
+        scheme,
+        settings.listen,
+        redact_url(settings.sink or ""),
+        extra={"key_ids": sorted(ingress.secrets)},  # ids only, never a secret
+    )
+    try:
+        server.run(sockets=[sock])
+    except ssl.SSLError as e:
+        raise UserError(f"TLS setup failed: {e}; check tls_certfile and tls_keyfile") from None
+    return 0 if server.started else 1
+
+
+_FLAGS = ("listen", "sink", "tls_certfile", "tls_keyfile", "tls_client_ca", "log_level")
+
+
+def ingress_command(args: Any) -> int:
+    """``tilepipe ingress``: flags over ``TILEPIPE_*`` variables over defaults."""
+    from pydantic import ValidationError
+
+    from tilepipe.logs import setup_logging
+
+    overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    try:
+        settings = IngressSettings(**overrides)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]  # its message only: the input may be a secret
+        where = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        env = where.upper() if where.upper().startswith("TILEPIPE_") else None
+        hint = f"TILEPIPE_INGRESS_{where.upper()}" if env is None else env
+        if where in _FLAGS:
+            hint = f"--{where.replace('_', '-')} or {hint}"
+        raise UserError(f"invalid setting {where}: {msg} ({hint})") from None
+    setup_logging(settings.log_level)
+    return serve(settings)

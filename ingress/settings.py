@@ -1,0 +1,149 @@
+"""The ingress's settings, in one object built once and passed down.
+
+Its own settings are ``TILEPIPE_INGRESS_<NAME>`` environment variables;
+the ones it shares with the dataflow keep the dataflow's names, so one
+ConfigMap and one Secret serve both: ``TILEPIPE_HMAC_SECRETS`` (or
+``TILEPIPE_HMAC_SECRETS_FILE``, a mounted Secret), ``TILEPIPE_KAFKA_CONFIG``,
+``TILEPIPE_MAX_RECORD_BYTES``, ``TILEPIPE_MAX_FUTURE``, the geometry limits and
+``TILEPIPE_LOG_LEVEL``. ``tilepipe ingress`` flags override them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dataflows.settings import Duration, kafka_uri, secrets_from
+from tilepipe.signing import parse_secrets
+from tilepipe.wire import GeometryRules
+
+
+def _shared(name: str) -> str:
+    """A setting the ingress shares with the dataflow: same variable for both.
+
+    (``populate_by_name`` keeps the field name usable as a keyword argument.)
+    """
+    return f"TILEPIPE_{name.upper()}"
+
+
+class IngressSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TILEPIPE_INGRESS_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    listen: str = "127.0.0.1:8080"
+    """``HOST:PORT`` to serve HTTP on (``0.0.0.0:8080`` in a container, ``[::]:8080`` for IPv6)."""
+    sink: str | None = None
+    """``kafka://HOST:PORT[,HOST:PORT]/TOPIC``: the raw topic the dataflow reads."""
+
+    # Authentication
+    hmac_secrets: SecretStr | None = Field(None, validation_alias=_shared("hmac_secrets"))
+    """``keyid:secret[,keyid:secret]``: the active secrets; a signature made with any is valid."""
+    hmac_secrets_file: Path | None = Field(None, validation_alias=_shared("hmac_secrets_file"))
+    """A file holding the same (commas or one per line), e.g. a mounted Kubernetes Secret."""
+    signature_tolerance: Duration = timedelta(minutes=5)
+    """How far ``X-Tilepipe-Timestamp`` may be from this server's clock (replay window)."""
+
+    # Limits and validation (the same checks as the dataflow's)
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 8 << 20
+    max_batch_records: Annotated[int, Field(ge=1)] = 10_000
+    max_record_bytes: Annotated[int, Field(ge=64)] = Field(
+        1 << 20, validation_alias=_shared("max_record_bytes")
+    )
+    max_future: Duration = Field(timedelta(minutes=5), validation_alias=_shared("max_future"))
+    max_vertices: Annotated[int, Field(ge=1)] = Field(
+        100_000, validation_alias=_shared("max_vertices")
+    )
+    geometry_repair: bool = Field(True, validation_alias=_shared("geometry_repair"))
+    max_zoom: Annotated[int, Field(ge=0, le=30)] = Field(20, validation_alias=_shared("max_zoom"))
+
+    # Idempotency
+    dedup_window: Duration = timedelta(minutes=10)
+    """A repeated ``event_id`` within this long is answered 202 and not produced again."""
+    dedup_max_entries: Annotated[int, Field(ge=1)] = 200_000
+    """Bound on remembered ids (about 150 bytes each); the oldest go first when full."""
+
+    # Kafka
+    kafka_config: dict[str, str] = Field({}, validation_alias=_shared("kafka_config"))
+    produce_timeout: Duration = timedelta(seconds=5)
+    """How long a request waits for the broker's acknowledgement before answering 503."""
+    linger: Duration = timedelta(milliseconds=2)
+    """How long the producer waits to batch concurrent requests into one broker request."""
+    retry_after: Annotated[int, Field(ge=1, le=3600)] = 5
+    """Seconds in ``Retry-After`` when the broker is unavailable."""
+
+    # Serving
+    tls_certfile: Path | None = None
+    """Serve HTTPS with this certificate chain (PEM) when running bare; in Kubernetes TLS
+    ends at the edge and the pod serves plain HTTP."""
+    tls_keyfile: Path | None = None
+    tls_client_ca: Path | None = None
+    """Require client certificates signed by this CA (mutual TLS)."""
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    """Answer 503 to connections beyond this many at once (uvicorn's limit_concurrency)."""
+    shutdown_grace: Duration = timedelta(seconds=20)
+    """On SIGTERM, how long in-flight requests get to finish (keep below the pod's grace)."""
+    log_level: str = Field("INFO", validation_alias=_shared("log_level"))
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        host_port(v)
+        return v
+
+    @field_validator("sink")
+    @classmethod
+    def _check_sink(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not v.startswith("kafka://"):
+                raise ValueError(f"{v!r}: the ingress writes to Kafka: kafka://HOST:PORT/TOPIC")
+            kafka_uri(v)
+        return v
+
+    @field_validator("hmac_secrets")
+    @classmethod
+    def _check_secrets(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_secrets(v.get_secret_value())
+        return v
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> IngressSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("TLS needs both tls_certfile and tls_keyfile")
+        if self.tls_client_ca is not None and self.tls_certfile is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_certfile and tls_keyfile")
+        return self
+
+    def secrets_by_key(self) -> dict[str, bytes]:
+        """The active secrets: the variable's and the file's together (file read now)."""
+        out = dict(secrets_from(self.hmac_secrets) or {})
+        if self.hmac_secrets_file is not None:
+            try:
+                text = self.hmac_secrets_file.read_text()
+            except OSError as e:
+                raise ValueError(f"cannot read hmac_secrets_file: {e.strerror}") from None
+            for kid, secret in parse_secrets(text).items():
+                if kid in out and out[kid] != secret:
+                    raise ValueError(f"HMAC key id {kid!r} has two different secrets")
+                out[kid] = secret
+        return out
+
+    def geometry_rules(self) -> GeometryRules:
+        return GeometryRules(self.max_vertices, self.geometry_repair, self.max_zoom)
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port); raises ``ValueError``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{listen!r} is not HOST:PORT (example: 0.0.0.0:8080)")
+    return host.removeprefix("[").removesuffix("]"), int(port)

@@ -1,0 +1,433 @@
+"""The ingress app without a broker: every status code, batches, dedup, headers.
+
+The producer here is a stand-in that records what it was given and can be told
+to fail; tests/integration/test_ingress_live.py runs the same app on real Tansu.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from ingress import metrics
+from ingress.app import EVENT_ID_HEADER, INGEST_HEADER, KEY_ID_HEADER, Ingress, create_app
+from ingress.dedup import DedupWindow, IngestClock
+from ingress.intake import body_kind, split_records
+from ingress.producer import OutRecord
+from ingress.settings import IngressSettings, host_port
+from tilepipe.client import signed_headers
+from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, matching_key, signature_valid
+from tilepipe.tiles import tile_key
+
+SECRETS = {"k2026": b"old-secret", "k2027": b"new-secret"}
+NOW_MS = int(time.time() * 1000)
+
+
+class FakeProducer:
+    """Acknowledges everything, or fails what ``fail`` says; keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutRecord] = []
+        self.fail: str | None = None
+        self.delay = 0.0
+        self.alive = True
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def warm_up(self, timeout_s: float) -> None:
+        pass
+
+    def close(self, timeout_s: float) -> int:
+        return 0
+
+    async def send(self, records: Sequence[OutRecord]) -> list[str | None]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            return [self.fail] * len(records)
+        self.sent.extend(records)
+        return [None] * len(records)
+
+
+def event(event_id: str = "e1", x: int = 3, **extra: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "kind": "tile", "version": 1, "source": "unit",
+            "ts": NOW_MS, "z": 12, "x": x, "y": 7, **extra}  # fmt: skip
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def ndjson(*docs: Any) -> bytes:
+    return b"".join((d if isinstance(d, bytes) else dumps(d)) + b"\n" for d in docs)
+
+
+@pytest.fixture
+def producer() -> FakeProducer:
+    return FakeProducer()
+
+
+def make_ingress(producer: FakeProducer, **settings: Any) -> Ingress:
+    return Ingress(IngressSettings(sink="kafka://h:9092/raw", **settings), SECRETS, producer)
+
+
+@pytest.fixture
+def client(producer: FakeProducer) -> Iterator[TestClient]:
+    with TestClient(create_app(make_ingress(producer, max_request_bytes=4096))) as c:
+        yield c
+
+
+def post(
+    client: TestClient,
+    body: bytes,
+    ctype: str = "application/json",
+    secret: bytes | None = b"new-secret",
+    **headers: str,
+) -> httpx.Response:
+    h = {"content-type": ctype}
+    if secret is not None:
+        h |= signed_headers(secret, body)
+    h |= {k.replace("_", "-"): v for k, v in headers.items()}
+    return client.post("/v1/events", content=body, headers=h)
+
+
+# -- accepted ------------------------------------------------------------------------
+
+
+def test_one_signed_event_is_produced_with_its_key_and_headers(client, producer) -> None:
+    body = dumps(event())
+    r = post(client, body)
+    assert r.status_code == 202, r.text
+    assert r.json() == {"accepted": 1, "duplicate": 0, "rejected": 0, "unavailable": 0,
+                        "results": [{"index": 0, "event_id": "e1", "status": 202,
+                                     "result": "accepted"}]}  # fmt: skip
+    [rec] = producer.sent
+    assert rec.key == tile_key(12, 3, 7).encode()
+    assert rec.value == body  # the bytes as signed, not re-serialised
+    headers = dict(rec.headers)
+    assert headers[EVENT_ID_HEADER] == b"e1"
+    assert headers[KEY_ID_HEADER] == b"k2027"
+    assert int(headers[INGEST_HEADER]) == rec.timestamp_ms  # type: ignore[arg-type]
+    # The client's own signature travels: the dataflow verifies it as is.
+    assert signature_valid(SECRETS, rec.headers, rec.value)  # type: ignore[arg-type]
+
+
+def test_a_batch_accepts_the_good_records_and_reports_each(client, producer) -> None:
+    feature = {"event_id": "f1", "kind": "feature", "version": 2, "source": "osm", "ts": NOW_MS,
+               "feature_id": "way/7", "op": "upsert",
+               "geometry": {"type": "Point", "coordinates": [13.4, 52.5]}}  # fmt: skip
+    body = ndjson(event("a", 1), b"{nope", event("b", 2, z=1), feature, b"", b"[1]")
+    r = post(client, body, "application/x-ndjson; charset=utf-8", secret=b"old-secret")
+    assert r.status_code == 202, r.text
+    doc = r.json()
+    assert (doc["accepted"], doc["rejected"]) == (2, 3)
+    got = [(x["index"], x["status"], x["result"], x.get("reason")) for x in doc["results"]]
+    assert got == [(0, 202, "accepted", None), (1, 400, "rejected", "invalid_json"),
+                   (2, 422, "rejected", "tile_out_of_range"), (3, 202, "accepted", None),
+                   (4, 400, "rejected", "not_an_object")]  # fmt: skip
+    assert doc["results"][2]["field"] == "x"
+    assert [r.key for r in producer.sent] == [tile_key(12, 1, 7).encode(), b"feature:osm:way/7"]
+    # Each record of a batch is signed on its own, with the key that verified the request,
+    # so the dataflow's per-record check holds.
+    for rec in producer.sent:
+        assert dict(rec.headers)[KEY_ID_HEADER] == b"k2026"
+        assert signature_valid(SECRETS, rec.headers, rec.value)  # type: ignore[arg-type]
+        assert rec.value in body.split(b"\n")
+
+
+def test_ingest_time_is_shared_by_a_request_and_never_goes_back(client, producer) -> None:
+    for i in range(5):
+        post(client, ndjson(event(f"a{i}"), event(f"b{i}")), "application/x-ndjson")
+    stamps = [rec.timestamp_ms for rec in producer.sent]
+    assert stamps == sorted(stamps) and stamps[0] == stamps[1]
+
+
+# -- idempotency ---------------------------------------------------------------------
+
+
+def test_a_repeated_event_id_is_202_and_not_produced_again(client, producer) -> None:
+    assert post(client, dumps(event())).status_code == 202
+    again = post(client, dumps(event()))  # the same request, re-signed: a client retry
+    assert again.status_code == 202
+    assert again.json()["results"][0]["result"] == "duplicate"
+    twice = post(client, ndjson(event("z"), event("z"), event()), "application/x-ndjson")
+    assert [x["result"] for x in twice.json()["results"]] == ["accepted", "duplicate",
+                                                              "duplicate"]  # fmt: skip
+    assert [r.value for r in producer.sent] == [dumps(event()), dumps(event("z"))]
+
+
+def test_concurrent_requests_with_one_event_id_produce_it_once(producer) -> None:
+    producer.delay = 0.05
+    app = create_app(make_ingress(producer))
+    body = dumps(event("race"))
+
+    async def go() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            headers = {"content-type": "application/json", **signed_headers(b"new-secret", body)}
+            rs = await asyncio.gather(
+                *(c.post("/v1/events", content=body, headers=headers) for _ in range(5))
+            )
+            return [r.status_code for r in rs]
+
+    assert asyncio.run(go()) == [202] * 5
+    assert len(producer.sent) == 1
+
+
+def test_broker_failure_is_503_with_retry_after_and_the_id_is_not_remembered(
+    client, producer
+) -> None:
+    producer.fail = "Local: Message timed out"
+    r = post(client, ndjson(event("a"), b"{nope"), "application/x-ndjson")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert [x["status"] for x in r.json()["results"]] == [503, 400]
+    producer.fail = None
+    retry = post(client, ndjson(event("a"), b"{nope"), "application/x-ndjson")
+    assert retry.status_code == 202
+    assert retry.json()["results"][0]["result"] == "accepted"
+    assert len(producer.sent) == 1
+
+
+# -- refused -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        pytest.param({}, "missing_signature", id="none"),
+        pytest.param(
+            {"x-tilepipe-timestamp": str(int(time.time()))}, "missing_signature", id="no-signature"
+        ),
+        pytest.param({"x-tilepipe-signature": "sha256=00"}, "missing_signature", id="no-ts"),
+        pytest.param(
+            {"x-tilepipe-signature": "sha256=00", "x-tilepipe-timestamp": "soon"},
+            "bad_timestamp",
+            id="ts-not-a-number",
+        ),
+        pytest.param(
+            {"x-tilepipe-signature": "sha256=00", "x-tilepipe-timestamp": str(int(time.time()))},
+            "bad_signature",
+            id="wrong",
+        ),
+    ],
+)
+def test_unsigned_or_badly_signed_requests_are_401(client, producer, headers, reason) -> None:
+    r = post(client, dumps(event()), secret=None, **headers)
+    assert r.status_code == 401
+    assert r.json()["error"] == reason
+    assert producer.sent == []
+
+
+def test_a_retired_key_a_tampered_body_and_an_old_timestamp_are_401(client, producer) -> None:
+    body = dumps(event())
+    assert post(client, body, secret=b"retired").json()["error"] == "bad_signature"
+    tampered = {"content-type": "application/json", **signed_headers(b"new-secret", body)}
+    r = client.post("/v1/events", content=dumps(event(x=4)), headers=tampered)
+    assert (r.status_code, r.json()["error"]) == (401, "bad_signature")
+    for skew in (-301, 301):
+        stale = signed_headers(b"new-secret", body, int(time.time()) + skew)
+        r = client.post("/v1/events", content=body, headers={**tampered, **stale})
+        assert (r.status_code, r.json()["error"]) == (401, "expired_signature")
+    assert producer.sent == []
+
+
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/xml", "", "application/json; charset=latin-1"]
+)
+def test_other_content_types_are_415(client, producer, ctype) -> None:
+    r = post(client, dumps(event()), ctype)
+    assert (r.status_code, r.json()["error"]) == (415, "unsupported_media_type")
+    assert producer.sent == []
+
+
+def test_too_large_is_413_by_declared_length_or_by_what_arrives(client, producer) -> None:
+    big = ndjson(*(event(f"e{i}") for i in range(40)))
+    assert len(big) > 4096
+    r = post(client, big, "application/x-ndjson")
+    assert (r.status_code, r.json()["error"]) == (413, "too_large")
+
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to go by
+        yield big
+
+    headers = {"content-type": "application/x-ndjson", **signed_headers(b"new-secret", big)}
+    r = client.post("/v1/events", content=chunks(), headers=headers)
+    assert (r.status_code, r.json()["error"]) == (413, "too_large")
+    assert producer.sent == []
+
+
+def test_one_record_over_the_record_limit_is_413(producer) -> None:
+    with TestClient(create_app(make_ingress(producer, max_record_bytes=200))) as c:
+        r = post(c, dumps(event(layers=["x" * 100, "y" * 100])))
+    assert (r.status_code, r.json()["error"]) == (413, "too_large")
+
+
+def test_too_many_records_is_413(producer) -> None:
+    with TestClient(create_app(make_ingress(producer, max_batch_records=2))) as c:
+        r = post(c, ndjson(event("a"), event("b"), event("c")), "application/x-ndjson")
+    assert (r.status_code, r.json()["error"]) == (413, "too_many_records")
+    assert producer.sent == []
+
+
+def test_malformed_is_400_and_invalid_is_422_with_every_field_error(client, producer) -> None:
+    r = post(client, b'{"event_id": ')
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
+    r = post(client, dumps({"kind": "tile", "event_id": "e", "z": 40, "x": "a"}))
+    assert r.status_code == 422
+    [result] = r.json()["results"]
+    assert result["reason"] == "missing_field"
+    fields = {e["field"] for e in result["errors"]}
+    assert {"version", "source", "ts", "x", "y"} <= fields
+    r = post(client, dumps(event(ts=NOW_MS + 3_600_000)))
+    assert (r.status_code, r.json()["error"]) == (422, "future_event")
+    r = post(client, ndjson(b"{nope", b"[]"), "application/x-ndjson")
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_records")
+    r = post(client, ndjson(b"{nope", event(z=1)), "application/x-ndjson")
+    assert (r.status_code, r.json()["rejected"]) == (422, 2)
+    r = post(client, b"\n \n", "application/x-ndjson")
+    assert (r.status_code, r.json()["error"]) == (400, "empty_body")
+    assert producer.sent == []
+
+
+def test_other_methods_and_paths(client) -> None:
+    assert client.get("/v1/events").status_code == 405
+    assert client.post("/v2/events").status_code == 404
+
+
+def test_every_rejection_is_counted(client) -> None:
+    def count(reason: str) -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "tilepipe_ingress_rejections_total", {"reason": reason}
+            )
+            or 0.0
+        )
+
+    before = {r: count(r) for r in ("bad_signature", "unsupported_media_type", "invalid_json")}
+    post(client, dumps(event()), secret=b"nope")
+    post(client, dumps(event()), "text/csv")
+    post(client, ndjson(b"{", b"{"), "application/x-ndjson")
+    assert count("bad_signature") == before["bad_signature"] + 1
+    assert count("unsupported_media_type") == before["unsupported_media_type"] + 1
+    assert count("invalid_json") == before["invalid_json"] + 2
+
+
+# -- health and metrics --------------------------------------------------------------
+
+
+def test_health_ready_and_metrics(client, producer) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    post(client, dumps(event()))
+    text = client.get("/metrics").text
+    for name in ("tilepipe_ingress_requests_total{status=\"202\"}",
+                 "tilepipe_ingress_produce_latency_seconds_bucket",
+                 "tilepipe_ingress_signatures_verified_total{key_id=\"k2027\"}",
+                 "process_cpu_seconds_total"):  # fmt: skip
+        assert name in text
+    assert "tilepipe_events_total" not in text  # the dataflow's metrics are not ours
+    producer.alive = False
+    assert client.get("/healthz").status_code == 503
+
+
+def test_readyz_is_503_outside_the_lifespan(producer) -> None:
+    app = create_app(make_ingress(producer))
+    c = TestClient(app)  # no "with": startup has not run
+    assert c.get("/readyz").status_code == 503
+
+
+# -- the pieces ----------------------------------------------------------------------
+
+
+def test_dedup_window_forgets_after_the_window_and_beyond_the_bound() -> None:
+    now = [0.0]
+    w = DedupWindow(10, 3, clock=lambda: now[0])
+    w.add("a")
+    now[0] = 5
+    w.add("b")
+    assert "a" in w and "b" in w
+    now[0] = 10.5
+    assert "a" not in w and "b" in w
+    for x in "cde":
+        w.add(x)
+    assert len(w) == 3 and "b" not in w and "e" in w
+    now[0] = 15.0
+    w.add("c")  # seen again: remembered from now on
+    now[0] = 21.0
+    assert list(x for x in "cde" if x in w) == ["c"]
+
+
+def test_ingest_clock_never_goes_backwards() -> None:
+    times = iter([100.0, 100.5, 99.0, 99.9, 101.0])
+    clock = IngestClock(lambda: next(times))
+    assert [clock.now_ms() for _ in range(5)] == [100_000, 100_500, 100_500, 100_500, 101_000]
+
+
+@pytest.mark.parametrize(
+    ("ctype", "kind"),
+    [("application/json", "json"), ("Application/JSON; charset=UTF-8", "json"),
+     ("application/x-ndjson", "ndjson"), ("application/jsonl", "ndjson"),
+     ("application/json; charset=utf-16", None), ("text/plain", None), (None, None)],
+)  # fmt: skip
+def test_body_kind(ctype, kind) -> None:
+    assert body_kind(ctype) == kind
+
+
+def test_split_records_keeps_bytes_and_drops_blank_lines() -> None:
+    assert split_records(b'{"a":1}\r\n\n  \n{"b":2}', "ndjson") == [b'{"a":1}', b'{"b":2}']
+    assert split_records(b' {"a":1}\n', "json") == [b' {"a":1}\n']
+
+
+def test_matching_key_names_the_key_that_signed() -> None:
+    body = b'{"a":1}'
+    h = signed_headers(b"old-secret", body, 42)
+    sig, ts = h[SIGNATURE_HEADER].encode(), h[TIMESTAMP_HEADER].encode()
+    assert matching_key(SECRETS, ts, body, sig) == "k2026"
+    assert matching_key(SECRETS, b"43", body, sig) is None
+    assert matching_key(SECRETS, ts, body, "sha256=é".encode()) is None
+    assert matching_key(SECRETS, "4é".encode(), body, sig) is None
+
+
+def test_settings_from_the_environment(monkeypatch, tmp_path) -> None:
+    secret_file = tmp_path / "secrets"
+    secret_file.write_text("k2:two\nk3:three\n")
+    monkeypatch.setenv("TILEPIPE_HMAC_SECRETS", "k1:s3cr3t-1,k2:two")
+    monkeypatch.setenv("TILEPIPE_HMAC_SECRETS_FILE", str(secret_file))
+    monkeypatch.setenv("TILEPIPE_INGRESS_DEDUP_WINDOW", "90s")
+    monkeypatch.setenv("TILEPIPE_MAX_RECORD_BYTES", "4096")
+    monkeypatch.setenv("TILEPIPE_INGRESS_SINK", "kafka://b1:9092,b2:9092/raw")
+    s = IngressSettings()
+    assert s.secrets_by_key() == {"k1": b"s3cr3t-1", "k2": b"two", "k3": b"three"}
+    assert s.dedup_window.total_seconds() == 90 and s.max_record_bytes == 4096
+    assert "s3cr3t" not in repr(s) and "s3cr3t" not in str(s.model_dump())
+    secret_file.write_text("k1:other\n")
+    with pytest.raises(ValueError, match="two different secrets"):
+        s.secrets_by_key()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sink": "redis://h:1/0"}, "writes to Kafka"),
+        ({"listen": "8080"}, "not HOST:PORT"),
+        ({"hmac_secrets": "k1:"}, "empty key id or secret"),
+        ({"hmac_secrets": "k1:a,k1:b"}, "given twice"),
+        ({"tls_certfile": "cert.pem"}, "needs both"),
+    ],
+)
+def test_settings_mistakes(overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        IngressSettings(**overrides)
+
+
+def test_host_port() -> None:
+    assert host_port("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert host_port("[::]:443") == ("::", 443)
