@@ -59,7 +59,10 @@ class TileStateSnapshot(NamedTuple):
     base_ms: int
     set_at_ms: float
     pending: tuple[_Pending, ...]
-    gate: tuple
+    # The VersionGate's two tuples, inline: an idle tile is kept as this
+    # snapshot, and a nested pair would cost every tracked tile 56 bytes.
+    applied: tuple
+    recent_ids: tuple[str, ...]
     last_active_ms: float
 
 
@@ -80,7 +83,9 @@ class TileState:
             )
             self._pending = list(snapshot.pending) if snapshot.pending else ()
             self._gate = VersionGate.restore(
-                cfg.max_recent_ids, cfg.max_objects_per_tile, snapshot.gate
+                cfg.max_recent_ids,
+                cfg.max_objects_per_tile,
+                (snapshot.applied, snapshot.recent_ids),
             )
             self._last_active_ms = snapshot.last_active_ms
 
@@ -131,12 +136,14 @@ class TileState:
 
     def snapshot(self) -> TileStateSnapshot:
         wm = self._wm
+        applied, recent_ids = self._gate.snapshot()
         return TileStateSnapshot(
             wm.newest_ms,
             wm.base_ms,
             wm.set_at_ms,
             tuple(self._pending),
-            self._gate.snapshot(),
+            applied,
+            recent_ids,
             self._last_active_ms,
         )
 

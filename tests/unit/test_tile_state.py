@@ -200,7 +200,7 @@ def test_snapshot_is_immutable():
     s.on_events([ev(2, 10)], W0 + 1)
     s.on_timer(W0 + 400)
     assert len(snap.pending) == 1
-    assert snap.gate == ((), ())
+    assert (snap.applied, snap.recent_ids) == ((), ())
 
 
 def test_objects_on_one_tile_do_not_suppress_each_other():
