@@ -28,6 +28,7 @@ def _record(release: Release) -> list[TileUpdate]:
         metrics.EVENTS.labels("stale").inc(release.stale)
     if release.late:
         metrics.LATE_EVENTS.inc(release.late)
+    metrics.RENDER_TRIGGERS.value += len(release.updates)
     return release.updates
 
 
