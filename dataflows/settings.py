@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     """This pod's name (Downward API ``metadata.name``); the hostname when unset."""
     recovery_dir: Path | None = None
     recovery_partitions: Annotated[int, Field(ge=1)] = 4
+    recovery_layout: Literal["shared", "per_pod"] = "shared"
+    """``shared``: every process sees one recovery directory (one machine, or ReadWriteMany);
+    ``per_pod``: each pod has its own volume and process 0's holds every partition."""
     snapshot_interval: Duration = timedelta(seconds=5)
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     log_level: str = "INFO"

@@ -111,9 +111,14 @@ def _add_readiness_checks(settings: Any) -> None:
 def _init_recovery(settings: Any, wait_s: float = 300.0) -> Any:
     """The recovery store, created on first use by process 0 alone.
 
-    Every process of a cluster shares the directory, so the others wait for
-    process 0 instead of racing it. It builds the partitions beside the store
-    and moves them in; a half-built store is never visible as a store.
+    Bytewax needs the cluster as a whole to see every partition, not each
+    process. With a ``shared`` directory the other processes wait for process
+    0 instead of racing it; it builds the partitions beside the store and
+    moves them in, so a half-built store is never visible as one. With
+    ``per_pod`` volumes process 0's volume holds every partition and the
+    others start on an empty directory, which keeps rescaling safe: pod 0
+    exists at every size, and a new pod never creates a second copy of a
+    partition that already holds state.
     """
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
@@ -136,7 +141,7 @@ def _init_recovery(settings: Any, wait_s: float = 300.0) -> Any:
                 os.replace(part, path / part.name)
             building.rmdir()
             log.info("created recovery store %s with %d partitions", path, count)
-    else:
+    elif settings.recovery_layout == "shared":
         deadline = time.monotonic() + wait_s
         while not ready():
             if time.monotonic() > deadline:
