@@ -76,3 +76,24 @@ def test_checks_are_cached_between_probes():
     health.source_assigned("x")
     assert health.readiness()[0] and health.readiness()[0]
     assert len(calls) == 1
+
+
+def test_dead_letters_are_logged_one_json_line_each_at_debug(capsys):
+    import logging
+
+    from sinks.file import record_dead_letters
+    from tilepipe.logs import setup_logging
+    from tilepipe.records import DeadLetter
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    setup_logging("DEBUG")
+    try:
+        origin = {"topic": "t", "partition": 1, "offset": 7}
+        record_dead_letters([DeadLetter("invalid_json", "not JSON", b"{", origin, 0.0)])
+    finally:
+        root.handlers[:], root.level = handlers, level
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "dead letter" in ln]
+    doc = json.loads(line)
+    assert doc["level"] == "debug" and doc["reason"] == "invalid_json"
+    assert doc["origin"] == origin and doc["msg"] == "dead letter: not JSON"
