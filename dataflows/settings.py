@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     kafka_exit_at_end: bool = False
     """Stop when every partition reaches the end of its log (a backfill), instead of tailing."""
     kafka_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    kafka_lag_interval: Duration = timedelta(seconds=5)
+    """How often each partition's log-end offset is asked of the broker for the lag gauge."""
     kafka_config: dict[str, str] = {}
     """Extra librdkafka settings for every Kafka client, as JSON (SASL, SSL, ...)."""
 
@@ -64,8 +66,22 @@ class Settings(BaseSettings):
     process_id: int | None = None
     addresses: str | None = None
     """``host:port;host:port``: the cluster's processes, for one process of many."""
+    cluster_replicas: Annotated[int, Field(ge=1, le=256)] | None = None
+    """A StatefulSet's replicas: with it, this process is one of a cluster of that size, its
+    process id is its pod's ordinal and its peers are ``cluster_address`` for every ordinal."""
+    cluster_service: str = "tilepipe-peers"
+    """The headless Service that gives each pod of the StatefulSet a DNS name."""
+    cluster_port: Annotated[int, Field(ge=1, le=65535)] = 2101
+    """The port each process of a StatefulSet cluster listens on for its peers."""
+    cluster_address: str = "{pod}.{service}:{port}"
+    """A peer's address; ``{pod}``, ``{name}``, ``{ordinal}``, ``{service}``, ``{port}``."""
+    pod_name: str | None = None
+    """This pod's name (Downward API ``metadata.name``); the hostname when unset."""
     recovery_dir: Path | None = None
     recovery_partitions: Annotated[int, Field(ge=1)] = 4
+    recovery_layout: Literal["shared", "per_pod"] = "shared"
+    """``shared``: every process sees one recovery directory (one machine, or ReadWriteMany);
+    ``per_pod``: each pod has its own volume and process 0's holds every partition."""
     snapshot_interval: Duration = timedelta(seconds=5)
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     log_level: str = "INFO"

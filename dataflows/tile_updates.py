@@ -86,6 +86,7 @@ def make_source(s: Settings) -> Source[RawRecord]:
         batch_size=s.kafka_batch_size,
         exit_at_end=s.kafka_exit_at_end,
         extra_config=s.kafka_config,
+        lag_interval_s=s.kafka_lag_interval.total_seconds(),
     )
 
 

@@ -32,6 +32,7 @@ def _record(out: Outcome) -> list[TileUpdate]:
         metrics.LATE_EVENTS.inc(out.late)
     if out.added or out.evicted:
         metrics.TILE_COUNT.value += out.added - out.evicted
+    metrics.RENDER_TRIGGERS.value += len(out.updates)
     return out.updates
 
 

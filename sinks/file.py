@@ -10,6 +10,7 @@ Redis sink's stored versions can refuse a replayed older version.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import IO, Any
 
@@ -19,6 +20,8 @@ from sinks import accounting
 from sinks.messages import encode
 from tilepipe import metrics
 from tilepipe.records import DeadLetter, TileUpdate
+
+log = logging.getLogger(__name__)
 
 
 def open_output(path: str) -> IO[bytes]:
@@ -65,6 +68,10 @@ def record_dead_letters(items: list[DeadLetter]) -> None:
     for d in items:
         metrics.DEAD_LETTERS.labels(d.reason).inc()
     metrics.EVENTS.labels("dead_letter").inc(len(items))
+    if log.isEnabledFor(logging.DEBUG):  # TILEPIPE_LOG_LEVEL=DEBUG: one JSON line per record
+        for d in items:
+            log.debug("dead letter: %s", d.error,
+                      extra={"reason": d.reason, "field": d.field, "origin": d.origin})  # fmt: skip
 
 
 class FileUpdatesSink(DynamicSink[TileUpdate]):

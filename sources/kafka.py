@@ -3,8 +3,10 @@
 Bytewax keeps each partition's next offset in its recovery store, so the job
 resumes exactly where its last snapshot was; no offsets are committed to the
 broker. Because there is no group, external lag exporters cannot see this
-job: each partition exports ``tilepipe_kafka_consumer_lag`` itself, from the
-high watermark librdkafka caches with every fetch (no extra round trip).
+job: it exports ``tilepipe_kafka_consumer_lag`` itself. A :class:`LagMonitor`
+thread asks the broker for each assigned partition's log-end offset every
+``lag_interval`` and subtracts the job's position, so the gauge keeps moving
+while the job is held back (a sink outage) or stuck, when it matters most.
 With ``exit_at_end`` (backfills, tests) each partition ends when it reaches
 the end of the log, and the job ends when all have.
 """
@@ -12,6 +14,7 @@ the end of the log, and the job ends when all have.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -21,7 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from tilepipe import metrics, shutdown
+from tilepipe import health, metrics, shutdown
 from tilepipe.records import RawRecord
 from tilepipe.timeutil import now_ms
 
@@ -30,7 +33,81 @@ log = logging.getLogger(__name__)
 KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
 
 _IDLE_POLL = timedelta(milliseconds=5)
-_LAG_EVERY_S = 2.0
+
+
+class LagMonitor(threading.Thread):
+    """Refreshes the lag gauge of every partition this process reads, from the broker.
+
+    One per process, with its own consumer that is never assigned and joins
+    no group; it only asks for log-end offsets (``ListOffsets``). Positions
+    are read from the partitions (a plain int, written by the worker thread).
+    """
+
+    _instance: LagMonitor | None = None
+    _guard = threading.Lock()
+
+    def __init__(self, config: dict[str, Any], interval_s: float) -> None:
+        super().__init__(name="tilepipe-kafka-lag", daemon=True)
+        self._config = config
+        self._interval = interval_s
+        self._parts: dict[tuple[str, int], _KafkaPartition] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+
+    @classmethod
+    def watch(cls, part: _KafkaPartition, config: dict[str, Any], interval_s: float) -> None:
+        with cls._guard:
+            if cls._instance is None or not cls._instance.is_alive():
+                cls._instance = cls(config, interval_s)
+                cls._instance.start()
+            monitor = cls._instance
+        with monitor._lock:
+            monitor._parts[(part.topic, part.partition)] = part
+        monitor.poke()
+
+    @classmethod
+    def forget(cls, part: _KafkaPartition) -> None:
+        monitor = cls._instance
+        if monitor is not None:
+            with monitor._lock:
+                monitor._parts.pop((part.topic, part.partition), None)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        consumer = Consumer({**self._config, "enable.partition.eof": "false"})
+        try:
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                with self._lock:
+                    parts = list(self._parts.values())
+                for part in parts:
+                    self._refresh(consumer, part)
+        finally:
+            consumer.close()
+
+    def _refresh(self, consumer: Consumer, part: _KafkaPartition) -> None:
+        try:
+            tp = TopicPartition(part.topic, part.partition)
+            low, high = consumer.get_watermark_offsets(
+                tp, timeout=max(1.0, self._interval), cached=False
+            )
+        except Exception as e:  # the broker is away: keep the last value, say so once a while
+            now = time.monotonic()
+            if now - part.lag_error_logged_at > 60:
+                part.lag_error_logged_at = now
+                log.warning("Kafka lag %s[%d]: %s", part.topic, part.partition, e)
+            return
+        position = part.position
+        if position == OFFSET_BEGINNING:
+            lag = high - low  # nothing read yet: the whole retained log is ahead
+        elif position < 0:
+            lag = 0  # starting at the end: nothing is ahead until something is read
+        else:
+            lag = high - position
+        part.lag_gauge.set(max(0, lag))
 
 
 class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
@@ -42,20 +119,28 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         offset: int,
         batch_size: int,
         exit_at_end: bool,
+        lag_interval_s: float = 5.0,
     ) -> None:
         self._consumer = Consumer(config)
         self._tp = TopicPartition(topic, partition, offset)
         self._consumer.assign([self._tp])
-        self._topic = topic
-        self._partition = partition
+        self.topic = topic
+        self.partition = partition
         self._next_offset = offset
         self._batch_size = batch_size
         self._exit_at_end = exit_at_end
         self._at_end = False
         self._awake: datetime | None = None
-        self._lag_gauge = metrics.CONSUMER_LAG.labels(topic, str(partition))
-        self._lag_at = 0.0
+        self.lag_gauge = metrics.CONSUMER_LAG.labels(topic, str(partition))
+        self.lag_error_logged_at = 0.0
         self._errors_logged_at = 0.0
+        LagMonitor.watch(self, config, lag_interval_s)
+        health.HEALTH.source_assigned(f"kafka {topic}[{partition}] assigned")
+
+    @property
+    def position(self) -> int:
+        """The next offset this job will read (or OFFSET_BEGINNING/OFFSET_END before any)."""
+        return self._next_offset
 
     def next_batch(self) -> list[RawRecord]:
         if self._at_end:
@@ -65,7 +150,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         msgs = self._consumer.consume(self._batch_size, 0)
         received = now_ms()
         batch: list[RawRecord] = []
-        topic, partition = self._topic, self._partition
+        topic, partition = self.topic, self.partition
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -86,7 +171,6 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         self._awake = None if batch else datetime.now(timezone.utc) + _IDLE_POLL
         if batch:
             metrics.EVENTS_IN.inc(len(batch))
-        self._update_lag()
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -98,7 +182,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             return
         if err.fatal():
             raise RuntimeError(
-                f"Kafka source {self._topic}[{self._partition}]: fatal error {err}; check the"
+                f"Kafka source {self.topic}[{self.partition}]: fatal error {err}; check the"
                 " broker and the security settings (TILEPIPE_KAFKA_CONFIG)"
             )
         now = time.monotonic()
@@ -106,25 +190,16 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             self._errors_logged_at = now
             log.warning(
                 "Kafka source %s[%d]: %s (librdkafka retries by itself)",
-                self._topic, self._partition, err,
+                self.topic, self.partition, err,
             )  # fmt: skip
-
-    def _update_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._lag_at < _LAG_EVERY_S:
-            return
-        self._lag_at = now
-        try:
-            _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
-        except Exception:  # no fetch response cached yet
-            return
-        if high >= 0 and self._next_offset >= 0:
-            self._lag_gauge.set(max(0, high - self._next_offset))
 
     def snapshot(self) -> int:
         return self._next_offset
 
     def close(self) -> None:
+        LagMonitor.forget(self)
+        if self._at_end:
+            self.lag_gauge.set(0)
         self._consumer.close()
 
 
@@ -138,8 +213,10 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
         batch_size: int = 1000,
         exit_at_end: bool = False,
         extra_config: Mapping[str, str] | None = None,
+        lag_interval_s: float = 5.0,
     ) -> None:
         self.brokers = brokers
+        self.lag_interval_s = lag_interval_s
         self.exit_at_end = exit_at_end
         self.topic = topic
         self.start = start
@@ -187,5 +264,11 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
         else:
             offset = OFFSET_END if self.start == "latest" else OFFSET_BEGINNING
         return _KafkaPartition(
-            self._config(), self.topic, int(for_part), offset, self.batch_size, self.exit_at_end
+            self._config(),
+            self.topic,
+            int(for_part),
+            offset,
+            self.batch_size,
+            self.exit_at_end,
+            self.lag_interval_s,
         )

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -207,11 +208,48 @@ def load_settings(args: argparse.Namespace) -> Any:
         ) from None
 
 
+def place_in_cluster(settings: Any, hostname: str | None = None) -> Any:
+    """Settings with ``process_id`` and ``addresses`` filled in from a StatefulSet pod's name.
+
+    Only with ``cluster_replicas`` set and no explicit ``process_id``; the pod
+    name is ``pod_name`` (the Downward API's ``metadata.name``) or else the
+    hostname, which Kubernetes sets to the pod name.
+    """
+    if settings.cluster_replicas is None or settings.process_id is not None:
+        return settings
+    if settings.workers != 1:
+        raise UserError(
+            "--workers starts processes on one machine; with TILEPIPE_CLUSTER_REPLICAS each pod"
+            " is one process of the cluster, so leave --workers at 1"
+        )
+    from tilepipe.cluster import place_from_hostname
+
+    name = settings.pod_name or hostname or socket.gethostname()
+    try:
+        place = place_from_hostname(
+            name,
+            settings.cluster_replicas,
+            service=settings.cluster_service,
+            port=settings.cluster_port,
+            address=settings.cluster_address,
+        )
+    except (ValueError, KeyError, IndexError) as e:
+        raise UserError(f"cluster placement: {e}") from None
+    return settings.model_copy(update={"process_id": place.process_id, "addresses": place.joined})
+
+
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
+    settings = place_in_cluster(load_settings(args))
     from tilepipe.logs import setup_logging
 
     setup_logging(settings.log_level)
+    if settings.addresses:
+        log.info(
+            "process %d of a cluster of %d: %s",
+            settings.process_id,
+            len(settings.addresses.split(";")),
+            settings.addresses,
+        )
     if settings.workers > 1 and settings.process_id is None:
         return _run_cluster(settings, args)
     from tilepipe.runner import preflight, run_process
@@ -241,6 +279,8 @@ def _run_cluster(settings: Any, args: argparse.Namespace) -> int:
     for i in range(settings.workers):
         cmd = [sys.executable, "-m", "tilepipe", *argv, "--process-id", str(i),
                "--addresses", addresses, "--summary-file", f"{summaries}/{i}.json"]  # fmt: skip
+        if settings.metrics_port is not None:  # one machine: process i serves on port + i
+            cmd += ["--metrics-port", str(settings.metrics_port + i)]
         procs.append(subprocess.Popen(cmd))
 
     def forward(signum: int, _frame: Any) -> None:

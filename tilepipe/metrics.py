@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 # 5 ms .. 60 s, roughly x2 per bucket: resolves sub-second sync and outages alike.
 LATENCY_BUCKETS = (
@@ -114,6 +114,33 @@ class _TileCount:
 
 
 TILE_COUNT = _TileCount()
+
+
+class PlainCounter:
+    """A counter the single worker thread bumps as a plain int; exported at scrape time.
+
+    For increments on the per-tile path, where ``Counter.inc`` (a lock per
+    call) would cost more than the work it counts.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+        REGISTRY.register(self)
+
+    def collect(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self.value)]
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+
+RENDER_TRIGGERS = PlainCounter(
+    "tilepipe_render_triggers",
+    "Render triggers: coalesced tile updates the apply step emitted (one per tile per"
+    " release), before the sink decides whether to publish them.",
+)
 TILES_TRACKED = Gauge("tilepipe_tiles_tracked", "Tiles with state in this process.")
 TILES_TRACKED.set_function(lambda: TILE_COUNT.value)
 WATERMARK_LAG = Gauge(
@@ -146,6 +173,9 @@ for _result in ("published", "suppressed"):
     TILE_UPDATES.labels(_result)
 for _method in ("exact", "bbox", "zoom_capped"):
     COVERS.labels(_method)
+for _sink in ("redis", "dlq"):  # the sinks that retry (sinks/retry.py callers)
+    BROADCAST_ERRORS.labels(_sink)
+    BROADCAST_RETRIES.labels(_sink)
 
 
 class Accounting:

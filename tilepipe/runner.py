@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflows.settings import redact_url
-from tilepipe import shutdown
+from tilepipe import health, shutdown
 from tilepipe.cli import UserError
 
 log = logging.getLogger("tilepipe.run")
@@ -92,15 +93,63 @@ def _check_redis(url: str) -> None:
         ) from None
 
 
-def _init_recovery(settings: Any) -> Any:
+def _add_readiness_checks(settings: Any) -> None:
+    if settings.sink.startswith(("redis:", "rediss:")):
+        import redis
+
+        from dataflows.settings import redis_uri
+
+        url, _ = redis_uri(settings.sink)
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+        def ping() -> None:
+            client.ping()
+
+        health.HEALTH.add_check("redis", ping)
+
+
+def _init_recovery(settings: Any, wait_s: float = 300.0) -> Any:
+    """The recovery store, created on first use by process 0 alone.
+
+    Bytewax needs the cluster as a whole to see every partition, not each
+    process. With a ``shared`` directory the other processes wait for process
+    0 instead of racing it; it builds the partitions beside the store and
+    moves them in, so a half-built store is never visible as one. With
+    ``per_pod`` volumes process 0's volume holds every partition and the
+    others start on an empty directory, which keeps rescaling safe: pod 0
+    exists at every size, and a new pod never creates a second copy of a
+    partition that already holds state.
+    """
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
     path = Path(settings.recovery_dir)
-    if not path.exists() or not any(path.glob("part-*.sqlite3")):
-        path.mkdir(parents=True, exist_ok=True)
-        count = max(settings.recovery_partitions, settings.workers)
-        init_db_dir(path, count)
-        log.info("created recovery store %s with %d partitions", path, count)
+    path.mkdir(parents=True, exist_ok=True)
+    building = path / f".init-{os.getpid()}"
+
+    def ready() -> bool:
+        return any(path.glob("part-*.sqlite3")) and not any(path.glob(".init-*"))
+
+    if not settings.process_id:
+        for stale in path.glob(".init-*"):  # left by a process 0 that died while building
+            shutil.rmtree(stale, ignore_errors=True)
+        if not any(path.glob("part-*.sqlite3")):
+            cluster = len(settings.addresses.split(";")) if settings.addresses else 1
+            count = max(settings.recovery_partitions, settings.workers, cluster)
+            building.mkdir()
+            init_db_dir(building, count)
+            for part in sorted(building.iterdir()):
+                os.replace(part, path / part.name)
+            building.rmdir()
+            log.info("created recovery store %s with %d partitions", path, count)
+    elif settings.recovery_layout == "shared":
+        deadline = time.monotonic() + wait_s
+        while not ready():
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"recovery store {path} has no partitions after {wait_s:.0f} s; process 0"
+                    " creates it: does every process mount the same recovery directory?"
+                )
+            time.sleep(0.2)
     return RecoveryConfig(path)
 
 
@@ -155,11 +204,10 @@ def run_process(settings: Any) -> dict[str, int] | None:
     from tilepipe.metrics import Accounting
 
     flow = build_flow(settings)
-    pid = settings.process_id or 0
     if settings.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port + pid, addr="0.0.0.0")
+        # Before recovery and the cluster, so probes answer (not ready) while peers gather.
+        health.serve(settings.metrics_port)
+        _add_readiness_checks(settings)
     recovery = _init_recovery(settings) if settings.recovery_dir else None
     shutdown.install()
     tune_gc()
