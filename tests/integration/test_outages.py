@@ -108,7 +108,7 @@ def test_redis_outage_is_waited_out_with_back_pressure_and_nothing_lost(kafka: K
     assert c["broadcast"] + c["duplicate"] + c["stale"] == total  # every record accounted for
 
 
-def labelled(job: Job, name: str, labels: str) -> float:
+def labelled(job: Job, name: str, labels: str, default: float | None = None) -> float:
     """One sample of a labelled metric, e.g. ``labelled(job, "tilepipe_sink_up", 'sink="dlq"')``."""
     import urllib.request
 
@@ -116,6 +116,8 @@ def labelled(job: Job, name: str, labels: str) -> float:
     for line in body.read().decode().splitlines():
         if line.startswith(f"{name}{{{labels}}} "):
             return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
     raise AssertionError(f"no {name}{{{labels}}}")
 
 
@@ -191,3 +193,44 @@ def test_source_broker_hang_resumes_at_the_right_offsets(
     assert c["in"] == 10 * TILES
     assert c["broadcast"] + c["duplicate"] + c["stale"] == 10 * TILES
     assert c["duplicate"] == c["stale"] == 0
+
+
+def test_a_burst_on_hot_tiles_is_coalesced_and_the_lag_drains(kafka: KafkaBroker) -> None:
+    """A burst far over the steady rate on 5 tiles: lag rises then falls, nothing dropped."""
+    topic = kafka.new_topic("burst")
+    now = int(time.time() * 1000)
+    hot = 5
+    steady = [tile_event(f"s{i}", 1, 100 + i, now) for i in range(200)]
+    burst = [tile_event(f"b{v}-{x}", v, x, now + v) for v in range(1, 8001) for x in range(hot)]
+    out = Path(f"/tmp/tilepipe-burst-{now}.jsonl")
+    lag_labels = f'partition="0",topic="{topic}"'
+    job = Job("--source", kafka.url(topic), "--sink", f"file:{out}", "--dlq", "file:/dev/null",
+              env={"TILEPIPE_KAFKA_LAG_INTERVAL": "200ms"})  # fmt: skip
+    try:
+        kafka.produce(topic, steady, key=key_of)
+        job.wait_metric("tilepipe_events_in_total", lambda v: v >= len(steady))
+        kafka.produce(topic, burst, key=key_of)  # 40,000 records at once
+        lags = []
+        deadline = time.monotonic() + 90
+        while job.metric("tilepipe_events_in_total") < len(steady) + len(burst):
+            lags.append(labelled(job, "tilepipe_kafka_consumer_lag", lag_labels, default=0))
+            assert time.monotonic() < deadline, f"burst not drained; lag samples {lags[-5:]}"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the lag gauge refreshes every 200 ms here
+        final_lag = labelled(job, "tilepipe_kafka_consumer_lag", lag_labels)
+        code, _, err = job.stop()
+    finally:
+        if job.proc.poll() is None:
+            job.kill()
+    assert code == 0, err[-3000:]
+    assert max(lags) > 1000 and final_lag == 0, (max(lags), final_lag)
+    updates = [json.loads(line) for line in out.read_text().splitlines()]
+    out.unlink()
+    hot_updates = [u for u in updates if u["x"] < hot]
+    # Coalesced: each hot tile broadcasts at most once per max_delay, not once per event.
+    assert len(hot_updates) < len(burst) / 20
+    assert {u["x"]: u["version"] for u in hot_updates} == dict.fromkeys(range(hot), 8000)
+    assert sum(u["events"] for u in hot_updates) == len(burst)  # every event in some update
+    c = counts(err)
+    assert c["in"] == len(steady) + len(burst)
+    assert c["broadcast"] == c["in"] and c["duplicate"] == c["stale"] == c["dead_letter"] == 0
