@@ -67,7 +67,7 @@ class TileStateSnapshot(NamedTuple):
 
 
 class TileState:
-    __slots__ = ("_cfg", "_gate", "_last_active_ms", "_pending", "_wm")
+    __slots__ = ("_cfg", "_gate", "_last_active_ms", "_pending", "_pending_ids", "_wm")
 
     def __init__(self, cfg: OrderConfig, snapshot: TileStateSnapshot | None = None) -> None:
         self._cfg = cfg
@@ -75,6 +75,8 @@ class TileState:
             self._wm = Watermark(cfg.allowed_lateness_ms)
             # An idle tile holds the shared empty tuple, not a list of its own.
             self._pending: list[_Pending] | tuple[()] = ()
+            # The ids held, so a repeat is found without scanning a busy tile's queue.
+            self._pending_ids: set[str] | None = None
             self._gate = VersionGate(cfg.max_recent_ids, cfg.max_objects_per_tile)
             self._last_active_ms = 0.0
         else:
@@ -82,6 +84,7 @@ class TileState:
                 cfg.allowed_lateness_ms, snapshot.newest_ms, snapshot.base_ms, snapshot.set_at_ms
             )
             self._pending = list(snapshot.pending) if snapshot.pending else ()
+            self._pending_ids = {p.event.event_id for p in self._pending} or None
             self._gate = VersionGate.restore(
                 cfg.max_recent_ids,
                 cfg.max_objects_per_tile,
@@ -111,8 +114,10 @@ class TileState:
             else:
                 if self._pending:
                     self._pending.append(_Pending(ev, now_ms))  # type: ignore[union-attr]
+                    self._pending_ids.add(ev.event_id)  # type: ignore[union-attr]
                 else:
                     self._pending = [_Pending(ev, now_ms)]
+                    self._pending_ids = {ev.event_id}
                 self._wm.observe(ev.ts_ms, now_ms)
         return self._release(now_ms, applied, duplicates, stale, late, flush=False)
 
@@ -154,8 +159,7 @@ class TileState:
     # -- internals --------------------------------------------------------------------
 
     def _is_pending(self, event_id: str) -> bool:
-        # Most tiles hold nothing when an event arrives: skip the generator then.
-        return bool(self._pending) and any(p.event.event_id == event_id for p in self._pending)
+        return self._pending_ids is not None and event_id in self._pending_ids
 
     def _release(
         self,
@@ -174,6 +178,7 @@ class TileState:
             or self._wm.at(now_ms) >= max(p.event.ts_ms for p in pending)
         ):
             self._pending = ()
+            self._pending_ids = None
             pending.sort(key=lambda p: (p.event.ts_ms, p.event.vkey))
             for p in pending:
                 verdict = self._gate.offer(p.event)
