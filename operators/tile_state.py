@@ -67,7 +67,9 @@ class TileStateSnapshot(NamedTuple):
 
 
 class TileState:
-    __slots__ = ("_cfg", "_gate", "_last_active_ms", "_pending", "_pending_ids", "_wm")
+    __slots__ = (
+        "_cfg", "_gate", "_last_active_ms", "_newest_pending_ms", "_pending", "_pending_ids", "_wm",
+    )  # fmt: skip
 
     def __init__(self, cfg: OrderConfig, snapshot: TileStateSnapshot | None = None) -> None:
         self._cfg = cfg
@@ -77,6 +79,7 @@ class TileState:
             self._pending: list[_Pending] | tuple[()] = ()
             # The ids held, so a repeat is found without scanning a busy tile's queue.
             self._pending_ids: set[str] | None = None
+            self._newest_pending_ms = 0
             self._gate = VersionGate(cfg.max_recent_ids, cfg.max_objects_per_tile)
             self._last_active_ms = 0.0
         else:
@@ -85,6 +88,7 @@ class TileState:
             )
             self._pending = list(snapshot.pending) if snapshot.pending else ()
             self._pending_ids = {p.event.event_id for p in self._pending} or None
+            self._newest_pending_ms = max((p.event.ts_ms for p in self._pending), default=0)
             self._gate = VersionGate.restore(
                 cfg.max_recent_ids,
                 cfg.max_objects_per_tile,
@@ -115,9 +119,12 @@ class TileState:
                 if self._pending:
                     self._pending.append(_Pending(ev, now_ms))  # type: ignore[union-attr]
                     self._pending_ids.add(ev.event_id)  # type: ignore[union-attr]
+                    if ev.ts_ms > self._newest_pending_ms:
+                        self._newest_pending_ms = ev.ts_ms
                 else:
                     self._pending = [_Pending(ev, now_ms)]
                     self._pending_ids = {ev.event_id}
+                    self._newest_pending_ms = ev.ts_ms
                 self._wm.observe(ev.ts_ms, now_ms)
         return self._release(now_ms, applied, duplicates, stale, late, flush=False)
 
@@ -133,8 +140,7 @@ class TileState:
         if not self._pending:
             return self._last_active_ms + self._cfg.state_ttl_ms
         oldest_deadline = self._pending[0].arrived_ms + self._cfg.max_delay_ms
-        newest = max(p.event.ts_ms for p in self._pending)
-        return min(oldest_deadline, self._wm.passes_at(newest))
+        return min(oldest_deadline, self._wm.passes_at(self._newest_pending_ms))
 
     def evictable(self, now_ms: float) -> bool:
         return not self._pending and now_ms >= self._last_active_ms + self._cfg.state_ttl_ms
@@ -175,11 +181,12 @@ class TileState:
         if pending and (
             flush
             or pending[0].arrived_ms <= now_ms - self._cfg.max_delay_ms
-            or self._wm.at(now_ms) >= max(p.event.ts_ms for p in pending)
+            or self._wm.at(now_ms) >= self._newest_pending_ms
         ):
             self._pending = ()
             self._pending_ids = None
-            pending.sort(key=lambda p: (p.event.ts_ms, p.event.vkey))
+            if len(pending) > 1:
+                pending.sort(key=lambda p: (p.event.ts_ms, p.event.vkey))
             for p in pending:
                 verdict = self._gate.offer(p.event)
                 if verdict is Verdict.APPLY:
