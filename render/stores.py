@@ -148,7 +148,10 @@ class MBTilesStore:
         self.path = Path(path)
         self.format = format
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        # One handle per worker, used by one thread at a time (possibly not its creator).
+        self.db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("BEGIN IMMEDIATE")  # several processes may open one file at once

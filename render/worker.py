@@ -233,13 +233,16 @@ class RenderWorker:
         return "degraded"
 
     def _failed(self, d: Delivery, attempt: int, error: str) -> str:
+        log.info("%s: attempt %d of %s failed: %s", self.name, attempt, d.job.tile, error)
         if attempt >= self.config.max_attempts:
+            if not self.ledger.dead(d.job, attempt, self.name, error):
+                return "lost"  # reclaimed meanwhile: the queue entry is the other worker's
             log.warning("%s: job %s is dead after %d attempts: %s",
                         self.name, d.job.tile, attempt, error)  # fmt: skip
-            self.ledger.dead(d.job, attempt, self.name, error)
             self.queue.dead_letter(d, error, attempt)
             return "dead"
-        self.ledger.failed(d.job, attempt, self.name, error)
+        if not self.ledger.failed(d.job, attempt, self.name, error):
+            return "lost"
         self.queue.retry_later(d, self.config.backoff.delay(attempt))
         return "retry"
 

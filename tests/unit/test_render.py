@@ -128,3 +128,21 @@ def test_circuit_breaker_opens_then_lets_one_trial_through() -> None:
     assert cb.allow()
     cb.success()
     assert not cb.is_open and cb.allow() and cb.allow()
+
+
+def test_render_worker_config_errors_exit_2_with_one_line(monkeypatch, capsys) -> None:
+    from tilepipe.cli import main
+
+    monkeypatch.delenv("TILEPIPE_RENDER_LEDGER", raising=False)
+    assert main(["render-worker"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "tilepipe render-worker: no job ledger: set TILEPIPE_RENDER_LEDGER (or --ledger)"
+        " to a PostgreSQL DSN"
+    )
+    assert main(["render-worker", "--ledger", "postgresql://x@127.0.0.1/x", "--store", "s3:b"]) == 2
+    assert "use dir:PATH or mbtiles:PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["render-worker", "--help"])
+    assert exit_.value.code == 0
+    assert "examples:" in capsys.readouterr().out
