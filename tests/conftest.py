@@ -2,7 +2,8 @@
 
 Registered as a plugin so every test can ask for: ``kafka`` (session Tansu broker),
 ``private_kafka`` (a broker of the test's own, for restarts), ``redis_url`` (session),
-``redis_client`` (flushed test database) and ``channel`` (unique pub/sub channel).
+``redis_client`` (flushed test database), ``channel`` (unique pub/sub channel) and
+``postgres_dsn`` (a throwaway PostgreSQL database for the session).
 """
 
 pytest_plugins = ["tests.support.services"]

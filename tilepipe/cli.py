@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -147,6 +148,44 @@ def _send_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+RENDER_EXAMPLES = """\
+examples:
+  TILEPIPE_RENDER_LEDGER=postgresql://postgres@127.0.0.1/tilepipe \\
+      tilepipe render-worker --redis redis://127.0.0.1:6379/0 --store dir:/srv/tiles --workers 4
+  tilepipe render-worker --ledger postgresql://postgres@db/tilepipe --store mbtiles:tiles.mbtiles \\
+      --renderer 'command:render-tile --z {z} --x {x} --y {y}' --sla 2m
+
+Jobs come from the Redis Stream {prefix}:render:jobs (consumer group "workers"); each is
+recorded in the PostgreSQL ledger (tables render_jobs, render_job_history, render_tiles,
+created on first start), rendered, staged, validated and moved into the store atomically,
+then acknowledged. A job in progress longer than --sla is reclaimed by another worker.
+Other settings are TILEPIPE_RENDER_* variables (e.g. TILEPIPE_RENDER_MAX_ATTEMPTS=5,
+TILEPIPE_RENDER_CACHE_KEY=tilecache:{z}:{x}:{y}). SIGTERM finishes the current jobs and exits.
+"""
+
+
+def _render_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "render-worker",
+        help="run render workers: queued render jobs rendered and committed to a tile store",
+        description="Take render jobs from the queue, render each tile, commit it atomically to "
+        "the tile store exactly once, and record every job's state in the ledger.",
+        epilog=RENDER_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--redis", help="the queue's Redis, redis://HOST:PORT/DB [redis://127.0.0.1:6379/0]"
+    )
+    p.add_argument("--ledger", help="PostgreSQL DSN of the job ledger (prefer the env variable "
+                   "when it holds a password)")  # fmt: skip
+    p.add_argument("--renderer", help="builtin | command:PROGRAM {z} {x} {y} [builtin]")
+    p.add_argument("--store", help="dir:PATH | mbtiles:PATH [dir:./tiles]")
+    p.add_argument("--workers", type=int, help="worker threads in this process [4]")
+    p.add_argument("--sla", help="a job in progress longer than this is reclaimed [60s]")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO]")
+    return p
+
+
 _SETTING_FLAGS = (
     "source", "sink", "dlq", "kafka_start", "kafka_exit_at_end", "workers", "recovery_dir",
     "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
@@ -162,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "  tilepipe run                       # the job on the built-in generator\n"
         "  tilepipe run --source kafka://127.0.0.1:9092/tile-events --sink redis://127.0.0.1:6379/0\n"
         "  tilepipe ingress --listen 0.0.0.0:8080 --sink kafka://127.0.0.1:9092/tile-events\n"
+        "  tilepipe render-worker --store dir:/srv/tiles --ledger postgresql://postgres@db/tiles\n"
         "\nRun 'tilepipe COMMAND --help' for a command's options and more examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -170,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _ingress_parser(sub)
     _send_parser(sub)
+    _render_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process gets
     if args.command is None:
@@ -186,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             from tilepipe.client import send_command
 
             return send_command(args)
+        if args.command == "render-worker":
+            return render_worker(args)
     except UserError as e:
         print(f"tilepipe {args.command}: {e}", file=sys.stderr)
         return 2
@@ -206,6 +249,44 @@ def load_settings(args: argparse.Namespace) -> Any:
             f"invalid setting {where}: {msg} (flag --{where.replace('_', '-')}"
             f" or TILEPIPE_{where.upper()})"
         ) from None
+
+
+def render_worker(args: argparse.Namespace) -> int:
+    from render.pool import RenderConfigError, RenderPool
+    from render.settings import RenderSettings
+    from tilepipe.logs import setup_logging
+
+    flags = ("redis", "ledger", "renderer", "store", "workers", "sla", "log_level")
+    overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    try:
+        settings = RenderSettings(**overrides)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        raise UserError(
+            f"invalid setting {where}: {msg} (flag --{where.replace('_', '-')}"
+            f" or TILEPIPE_RENDER_{where.upper()})"
+        ) from None
+    setup_logging(settings.log_level)
+    try:
+        pool = RenderPool(settings)
+    except RenderConfigError as e:
+        raise UserError(str(e)) from None
+    import threading
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            os._exit(130)  # a second signal: exit at once
+        log.info("stopping: finishing the jobs in hand")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    pool.run(stop)
+    return 0
 
 
 def place_in_cluster(settings: Any, hostname: str | None = None) -> Any:

@@ -63,6 +63,7 @@ __all__ = [
     "channel",
     "free_port",
     "kafka",
+    "postgres_dsn",
     "private_kafka",
     "redis_answers",
     "redis_client",
@@ -746,3 +747,38 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def channel() -> str:
     """A pub/sub channel name of this test's own (pub/sub is not per database)."""
     return f"tilepipe-test-{uuid.uuid4().hex[:8]}"
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+#: The machine's PostgreSQL (trust auth); each test session gets a throwaway database on it.
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "TILEPIPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@contextlib.contextmanager
+def throwaway_database(admin_dsn: str = POSTGRES_ADMIN_DSN) -> Iterator[str]:
+    """Create a database of this session's own, yield its DSN, drop it on exit."""
+    import psycopg
+
+    name = f"tilepipe_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        raise RuntimeError(
+            f"no PostgreSQL answers at {admin_dsn} (set TILEPIPE_TEST_POSTGRES): {e}"
+        ) from None
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """DSN of a PostgreSQL database created for this test session and dropped after it."""
+    with throwaway_database() as dsn:
+        yield dsn

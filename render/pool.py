@@ -1,0 +1,128 @@
+"""A pool of render workers in one process: what ``tilepipe render-worker`` runs.
+
+Each thread is one consumer of the queue with its own ledger connection and
+store handle; they share the Redis client, the renderer and the circuit
+breaker (a failing renderer is the process's problem, not one thread's).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+import redis
+
+from render.jobs import RenderJob
+from render.ledger import Ledger, LedgerError
+from render.queue import RenderQueue
+from render.renderers import build_renderer
+from render.settings import RenderSettings
+from render.stores import build_store
+from render.worker import (
+    Backoff,
+    CacheInvalidator,
+    CircuitBreaker,
+    RenderWorker,
+    WorkerConfig,
+    default_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RenderConfigError(Exception):
+    """A setting or service the user must fix before workers can start."""
+
+
+class RenderPool:
+    def __init__(
+        self,
+        settings: RenderSettings,
+        on_committed: Callable[[RenderJob, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_committed = on_committed
+        self.name = settings.worker_name or default_name()
+        if settings.ledger is None:
+            raise RenderConfigError(
+                "no job ledger: set TILEPIPE_RENDER_LEDGER (or --ledger) to a PostgreSQL DSN"
+            )
+        self.dsn = settings.ledger.get_secret_value()
+        try:
+            self.renderer = build_renderer(
+                settings.renderer,
+                settings.format,
+                settings.delay.total_seconds(),
+                settings.timeout.total_seconds(),
+            )
+            build_store(settings.store, settings.format).close()
+        except (ValueError, OSError) as e:
+            raise RenderConfigError(str(e)) from None
+        self.client = redis.Redis.from_url(
+            settings.redis, socket_timeout=10, socket_connect_timeout=5
+        )
+        try:
+            self.client.ping()
+        except redis.RedisError as e:
+            raise RenderConfigError(f"the queue's Redis does not answer: {e}") from None
+        self.queue = RenderQueue(self.client, settings.prefix)
+        self.queue.ensure_group()
+        try:
+            ledger = Ledger(self.dsn)
+        except LedgerError as e:
+            raise RenderConfigError(str(e)) from None
+        try:
+            ledger.create_schema()
+        finally:
+            ledger.close()
+        self.breaker = CircuitBreaker(
+            settings.breaker_threshold, settings.breaker_cooldown.total_seconds()
+        )
+        self.invalidator = CacheInvalidator(self.client, settings.cache_key)
+        self.workers: list[RenderWorker] = []
+
+    def _worker(self, index: int) -> RenderWorker:
+        s = self.settings
+        config = WorkerConfig(
+            name=f"{self.name}-{index}",
+            sla_s=s.sla.total_seconds(),
+            max_attempts=s.max_attempts,
+            backoff=Backoff(s.retry_initial.total_seconds(), s.retry_max.total_seconds()),
+            poll_s=s.poll.total_seconds(),
+        )
+        return RenderWorker(
+            config,
+            self.queue,
+            Ledger(self.dsn),
+            self.renderer,
+            build_store(s.store, s.format),
+            self.breaker,
+            self.invalidator,
+            self.on_committed,
+        )
+
+    def run(self, stop: threading.Event) -> Counter[str]:
+        """Run every worker until ``stop`` is set; each finishes its current job first."""
+        self.workers = [self._worker(i) for i in range(self.settings.workers)]
+        threads = [
+            threading.Thread(target=w.run, args=(stop,), name=w.name, daemon=True)
+            for w in self.workers
+        ]
+        log.info(
+            "render workers started: %d threads as %s, renderer %s, store %s",
+            len(threads), self.name, self.settings.renderer.split(" ")[0], self.settings.store,
+        )  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        totals: Counter[str] = Counter()
+        for w in self.workers:
+            totals.update(w.outcomes)
+            w.ledger.close()
+            w.store.close()
+        self.client.close()
+        log.info("render workers stopped: %s", dict(totals))
+        return totals

@@ -1,0 +1,71 @@
+"""The render worker's settings: ``TILEPIPE_RENDER_<NAME>`` environment variables.
+
+``tilepipe render-worker`` flags override them. Durations take ``250ms``,
+``2s``, ``5m`` like every tilepipe duration.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dataflows.settings import Duration
+
+
+class RenderSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TILEPIPE_RENDER_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    redis: str = "redis://127.0.0.1:6379/0"
+    """The queue's Redis (``redis[s]://HOST:PORT/DB``)."""
+    prefix: str = "tilepipe"
+    """Key prefix: the queue is ``{prefix}:render:jobs``."""
+    ledger: SecretStr | None = None
+    """PostgreSQL DSN of the job ledger, e.g. ``postgresql://tilepipe@db/tilepipe``."""
+    renderer: str = "builtin"
+    """``builtin`` (a PNG showing tile and version) or ``command:PROGRAM {z} {x} {y}``."""
+    format: str = "png"
+    """The tile format and file extension."""
+    delay: Duration = timedelta(0)
+    """Extra time the builtin renderer spends per tile (demos, benchmarks)."""
+    timeout: Duration = timedelta(seconds=60)
+    """Longest one render attempt may take (command renderer)."""
+    store: str = "dir:./tiles"
+    """``dir:PATH`` ({z}/{x}/{y}.{format}) or ``mbtiles:PATH``."""
+    workers: Annotated[int, Field(ge=1, le=256)] = 4
+    """Worker threads in this process; run more processes (pods) to scale out."""
+    sla: Duration = timedelta(seconds=60)
+    """A job in progress longer than this is taken to be stalled and is reclaimed."""
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    retry_initial: Duration = timedelta(seconds=1)
+    retry_max: Duration = timedelta(minutes=5)
+    breaker_threshold: Annotated[int, Field(ge=1)] = 5
+    """Consecutive render failures that open the circuit (jobs then degrade)."""
+    breaker_cooldown: Duration = timedelta(seconds=30)
+    """How long the circuit stays open before one trial render."""
+    cache_key: str | None = None
+    """A Redis tile cache to invalidate, e.g. ``tilecache:{z}:{x}:{y}`` (``DEL`` after commit)."""
+    poll: Duration = timedelta(seconds=1)
+    """How long a worker waits for a job before it looks for stalled and due jobs."""
+    worker_name: str | None = None
+    """This process's name in the consumer group and ledger; ``{hostname}-{pid}`` by default."""
+    log_level: str = "INFO"
+
+    @field_validator("renderer")
+    @classmethod
+    def _check_renderer(cls, v: str) -> str:
+        if v != "builtin" and not v.startswith("command:"):
+            raise ValueError(f"{v!r}: use builtin or command:PROGRAM ARGS")
+        return v
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, v: str) -> str:
+        kind, _, path = v.partition(":")
+        if kind not in ("dir", "mbtiles") or not path:
+            raise ValueError(f"{v!r}: use dir:PATH or mbtiles:PATH")
+        return v

@@ -1,0 +1,258 @@
+"""The render worker: take a job, render it, commit it exactly once, acknowledge it.
+
+Per job: the ledger moves it to IN_PROGRESS (or says it is already done: the
+delivery is acknowledged and nothing else happens); the renderer makes the
+bytes; the store stages and validates them; the ledger's commit transaction
+moves them into place and writes COMPLETED; the tile cache is invalidated;
+the queue entry is acknowledged. A crash anywhere leaves the entry pending,
+so after the SLA another worker reclaims it and the ledger decides.
+
+A failed attempt is retried after capped exponential back-off with full
+jitter; after ``max_attempts`` the job is DEAD and on the dead-letter list.
+Repeated failures open a circuit breaker: while it is open (and for a job
+past its deadline) the worker only invalidates the tile, so the tile server
+renders on demand, and records DEGRADED.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import redis
+
+from render.jobs import RenderJob
+from render.ledger import Ledger
+from render.queue import Delivery, RenderQueue
+from render.renderers import Renderer
+from render.stores import TileStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float = 1.0
+    max_s: float = 300.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Full-jitter delay before retry after failed attempt ``attempt`` (1-based)."""
+        return random.uniform(0, min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1)))
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures; one trial after ``cooldown_s``."""
+
+    def __init__(
+        self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self._failures = 0
+        self._open_until = 0.0
+        self._trial = False
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._failures >= self.threshold
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._failures < self.threshold:
+                return True
+            if self.clock() < self._open_until or self._trial:
+                return False
+            self._trial = True  # half-open: exactly one render tries the renderer
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            if self._failures >= self.threshold:
+                log.warning("renderer recovered: circuit closed")
+            self._failures = 0
+            self._trial = False
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            self._trial = False
+            if self._failures >= self.threshold:
+                if self._failures == self.threshold:
+                    log.warning(
+                        "renderer failed %d times in a row: circuit open, jobs degrade to"
+                        " invalidate-only for %.0f s",
+                        self._failures, self.cooldown_s,
+                    )  # fmt: skip
+                self._open_until = self.clock() + self.cooldown_s
+
+
+class CacheInvalidator:
+    """Deletes a tile from a Redis tile cache; counts hits (it was cached) and misses."""
+
+    def __init__(self, client: redis.Redis | None, key_template: str | None) -> None:
+        self.client = client
+        self.key_template = key_template
+        self.counts: Counter[str] = Counter()
+
+    def invalidate(self, job: RenderJob) -> None:
+        if self.client is None or not self.key_template:
+            return
+        key = self.key_template.format(tms=job.tms, z=job.z, x=job.x, y=job.y)
+        hit = bool(self.client.delete(key))
+        self.counts["hit" if hit else "miss"] += 1
+
+
+@dataclass
+class WorkerConfig:
+    name: str
+    sla_s: float = 60.0
+    max_attempts: int = 5
+    backoff: Backoff = field(default_factory=Backoff)
+    poll_s: float = 1.0
+
+
+class RenderWorker:
+    """One consumer of the queue. Not thread-safe: one per thread, each with its own ledger."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        queue: RenderQueue,
+        ledger: Ledger,
+        renderer: Renderer,
+        store: TileStore,
+        breaker: CircuitBreaker,
+        invalidator: CacheInvalidator | None = None,
+        on_committed: Callable[[RenderJob, str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.ledger = ledger
+        self.renderer = renderer
+        self.store = store
+        self.breaker = breaker
+        self.invalidator = invalidator or CacheInvalidator(None, None)
+        self.on_committed = on_committed
+        self.outcomes: Counter[str] = Counter()
+        self._next_maintenance = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def run(self, stop: threading.Event) -> None:
+        """Take and process jobs until ``stop`` is set; survives Redis and ledger outages."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.step()
+                failures = 0
+            except (redis.ConnectionError, redis.TimeoutError, psycopg.OperationalError) as e:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("%s: queue or ledger unavailable (%s); retrying", self.name, e)
+                if isinstance(e, psycopg.OperationalError) and self.ledger.conn.closed:
+                    self._reconnect_ledger()
+                stop.wait(min(5.0, 0.1 * 2**failures))
+
+    def step(self) -> int:
+        """Reclaim or read at most one job and process it; how many were processed."""
+        deliveries: list[Delivery] = []
+        now = time.monotonic()
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + self.config.poll_s
+            self.queue.promote_due()
+            deliveries = self.queue.reclaim(self.name, int(self.config.sla_s * 1000), count=1)
+            for d in deliveries:
+                log.warning("%s: reclaimed stalled job %s (%s)", self.name, d.job.key, d.job.tile)
+        if not deliveries:
+            deliveries = self.queue.read(
+                self.name, count=1, block_ms=int(self.config.poll_s * 1000)
+            )
+        for d in deliveries:
+            self.process(d)
+        return len(deliveries)
+
+    def process(self, d: Delivery) -> str:
+        """Run one delivery to its outcome; returns it (also counted in ``outcomes``)."""
+        outcome = self._process(d)
+        self.outcomes[outcome] += 1
+        return outcome
+
+    def _process(self, d: Delivery) -> str:
+        job = d.job
+        attempt = self.ledger.start(job, self.name)
+        if attempt is None:  # done already (a duplicate, or a reclaim after the commit)
+            self.queue.ack(d)
+            return "skipped"
+        if job.deadline_ms is not None and time.time() * 1000 > job.deadline_ms:
+            return self._degrade(d, attempt, "deadline passed before rendering")
+        if not self.breaker.allow():
+            return self._degrade(d, attempt, "renderer circuit open")
+        started = time.perf_counter()
+        try:
+            data = self.renderer.render(job)
+            staged = self.store.stage(job, data)
+        except Exception as e:
+            self.breaker.failure()
+            return self._failed(d, attempt, f"render: {type(e).__name__}: {e}")
+        self.breaker.success()
+        try:
+            result = self.ledger.commit(job, attempt, self.name, lambda: self.store.commit(staged))
+        except psycopg.OperationalError:
+            raise  # the ledger is down: leave the job pending, it is reclaimed later
+        except Exception as e:
+            self.store.discard(staged)
+            return self._failed(d, attempt, f"commit: {type(e).__name__}: {e}")
+        if result is None:  # reclaimed by another worker meanwhile: theirs to finish
+            self.store.discard(staged)
+            self.queue.ack(d)
+            return "lost"
+        log.debug("%s: %s committed in %.3f s", self.name, job.tile, time.perf_counter() - started)
+        self.invalidator.invalidate(job)
+        if self.on_committed is not None:
+            self.on_committed(job, result)
+        self.queue.ack(d)
+        return "completed"
+
+    def _degrade(self, d: Delivery, attempt: int, reason: str) -> str:
+        self.invalidator.invalidate(d.job)
+        self.ledger.degraded(d.job, attempt, self.name, reason)
+        self.queue.ack(d)
+        return "degraded"
+
+    def _failed(self, d: Delivery, attempt: int, error: str) -> str:
+        log.info("%s: attempt %d of %s failed: %s", self.name, attempt, d.job.tile, error)
+        if attempt >= self.config.max_attempts:
+            if not self.ledger.dead(d.job, attempt, self.name, error):
+                return "lost"  # reclaimed meanwhile: the queue entry is the other worker's
+            log.warning("%s: job %s is dead after %d attempts: %s",
+                        self.name, d.job.tile, attempt, error)  # fmt: skip
+            self.queue.dead_letter(d, error, attempt)
+            return "dead"
+        if not self.ledger.failed(d.job, attempt, self.name, error):
+            return "lost"
+        self.queue.retry_later(d, self.config.backoff.delay(attempt))
+        return "retry"
+
+    def _reconnect_ledger(self) -> None:
+        dsn = self.ledger.dsn
+        try:
+            self.ledger = Ledger(dsn)
+        except Exception as e:
+            log.warning("%s: ledger reconnect failed: %s", self.name, e)
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,351 @@
+"""Render jobs against real Redis and PostgreSQL: duplicates render once, a worker killed
+mid-job leaves no partial tile and its job completes once after reclaim, a stale worker
+cannot commit over a reclaim, a failing renderer retries to DEAD, the circuit breaker
+degrades and recovers, and a pool of threads drains a queue into MBTiles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from render.jobs import RenderJob
+from render.ledger import JobState, Ledger
+from render.pool import RenderPool
+from render.queue import RenderQueue
+from render.renderers import BuiltinRenderer, CommandRenderer, RenderError
+from render.settings import RenderSettings
+from render.stores import DirectoryStore, MBTilesStore, TileStore, validate_tile
+from render.worker import Backoff, CacheInvalidator, CircuitBreaker, RenderWorker, WorkerConfig
+
+pytestmark = pytest.mark.integration
+
+TMS = "WebMercatorQuad"
+
+
+@pytest.fixture
+def dsn(postgres_dsn: str) -> Iterator[str]:
+    """The session database with the ledger's tables, emptied for this test."""
+    ledger = Ledger(postgres_dsn)
+    ledger.create_schema()
+    ledger.conn.execute("TRUNCATE render_jobs, render_job_history, render_tiles")
+    ledger.close()
+    yield postgres_dsn
+
+
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[RenderQueue]:
+    client = redis.Redis.from_url(redis_url)
+    q = RenderQueue(client, prefix=f"tilepipe-test-{uuid.uuid4().hex[:8]}")
+    q.ensure_group()
+    yield q
+    client.delete(q.stream, q.retry_key, q.dead_key)
+    client.close()
+
+
+class CountingRenderer(BuiltinRenderer):
+    def __init__(self, fail_first: int = 0) -> None:
+        super().__init__()
+        self.calls = 0
+        self.fail_first = fail_first
+        self._lock = threading.Lock()
+
+    def render(self, job: RenderJob, stop: threading.Event | None = None) -> bytes:
+        with self._lock:
+            self.calls += 1
+            failing = self.calls <= self.fail_first
+        if failing:
+            raise RenderError("upstream tile server answered 503")
+        return super().render(job)
+
+
+def make_worker(
+    queue: RenderQueue,
+    dsn: str,
+    store: TileStore,
+    renderer: object,
+    name: str = "w1",
+    breaker: CircuitBreaker | None = None,
+    **config: object,
+) -> RenderWorker:
+    cfg = WorkerConfig(name=name, sla_s=1.0, poll_s=0.05, backoff=Backoff(0.01, 0.05))
+    for k, v in config.items():
+        setattr(cfg, k, v)
+    return RenderWorker(
+        cfg,
+        queue,
+        Ledger(dsn),
+        renderer,  # type: ignore[arg-type]
+        store,
+        breaker or CircuitBreaker(100, 60),
+        CacheInvalidator(queue.client, "tilecache-test:{z}:{x}:{y}"),
+    )
+
+
+def drain(worker: RenderWorker, done: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {timeout}s: {worker.outcomes}"
+        worker.step()
+
+
+def completed_once(ledger: Ledger, key: str) -> bool:
+    return [h[0] for h in ledger.history(key)].count("COMPLETED") == 1
+
+
+def test_duplicate_triggers_render_once(queue: RenderQueue, dsn: str, tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "tiles")
+    renderer = CountingRenderer()
+    worker = make_worker(queue, dsn, store, renderer)
+    job = RenderJob(TMS, 14, 8805, 5376, 34, hash="77a8a0d93d78aa13")
+    same = RenderJob(TMS, 14, 8805, 5376, "34.0", hash="77a8a0d93d78aa13")
+    worker.ledger.queued([job])
+    assert queue.enqueue([job, same]) == [True, False]
+    assert queue.enqueue([job]) == [False]
+    assert queue.depth() == 1
+    queue.client.set("tilecache-test:14:8805:5376", b"old tile")
+
+    drain(worker, lambda: queue.depth() == 0)
+    record = worker.ledger.get(job.key)
+    assert record is not None and record.state is JobState.COMPLETED and record.attempts == 1
+    assert renderer.calls == 1
+    tile = store.read(14, 8805, 5376)
+    assert tile is not None
+    validate_tile(tile, "png")
+    assert record.result == str(store.path(14, 8805, 5376))
+    assert queue.client.get("tilecache-test:14:8805:5376") is None  # invalidated after commit
+    assert worker.invalidator.counts["hit"] == 1
+
+    # The dedup marker gone (expired, or Redis lost it): the ledger still says done.
+    queue.client.delete(queue.dedup_prefix + job.key)
+    assert queue.enqueue([same]) == [True]
+    drain(worker, lambda: queue.depth() == 0)
+    assert renderer.calls == 1
+    assert worker.outcomes == {"completed": 1, "skipped": 1}
+    assert completed_once(worker.ledger, job.key)
+
+
+def test_an_older_version_never_overwrites_a_newer_tile(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    store = DirectoryStore(tmp_path / "tiles")
+    worker = make_worker(queue, dsn, store, CountingRenderer())
+    new, old = RenderJob(TMS, 5, 1, 2, "2.1"), RenderJob(TMS, 5, 1, 2, "2")
+    queue.enqueue([new])
+    drain(worker, lambda: queue.depth() == 0)
+    committed = store.read(5, 1, 2)
+    queue.enqueue([old])
+    drain(worker, lambda: queue.depth() == 0)
+    assert store.read(5, 1, 2) == committed
+    record = worker.ledger.get(old.key)
+    assert record is not None and record.state is JobState.COMPLETED
+    assert record.result == "superseded by version 2.1"
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_worker_killed_mid_job_leaves_no_partial_tile_and_the_job_completes_once(
+    queue: RenderQueue, dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A real `tilepipe render-worker` process is killed (SIGKILL) while it renders."""
+    tiles = tmp_path / "tiles"
+    env = {
+        **os.environ,
+        "TILEPIPE_RENDER_REDIS": redis_url,
+        "TILEPIPE_RENDER_PREFIX": queue.stream.split(":render:")[0],
+        "TILEPIPE_RENDER_LEDGER": dsn,
+        "TILEPIPE_RENDER_STORE": f"dir:{tiles}",
+        "TILEPIPE_RENDER_DELAY": "60s",  # the render the kill interrupts
+        "TILEPIPE_RENDER_WORKERS": "1",
+        "TILEPIPE_RENDER_POLL": "100ms",
+        "TILEPIPE_RENDER_WORKER_NAME": "doomed",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilepipe", "render-worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ledger = Ledger(dsn)
+    job = RenderJob(TMS, 10, 550, 335, 7)
+    try:
+        queue.enqueue([job])
+
+        def in_progress() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            rec = ledger.get(job.key)
+            return rec is not None and rec.state is JobState.IN_PROGRESS
+
+        _wait(in_progress, 20, "the worker to start the job")
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+    store = DirectoryStore(tiles)
+    assert store.read(10, 550, 335) is None
+    assert not any(p.suffix == ".png" for p in tiles.rglob("*.png") if ".staging" not in p.parts)
+    record = ledger.get(job.key)
+    assert record is not None and record.state is JobState.IN_PROGRESS
+    assert record.worker == "doomed-0" and record.attempts == 1
+
+    rescuer = make_worker(queue, dsn, store, CountingRenderer(), name="rescuer", sla_s=0.5)
+    drain(rescuer, lambda: queue.depth() == 0)
+    record = ledger.get(job.key)
+    assert record is not None and record.state is JobState.COMPLETED
+    assert record.attempts == 2 and record.worker == "rescuer"
+    assert [(h[0], h[2]) for h in ledger.history(job.key)] == [
+        ("IN_PROGRESS", "doomed-0"),
+        ("IN_PROGRESS", "rescuer"),
+        ("COMPLETED", "rescuer"),
+    ]
+    tile = store.read(10, 550, 335)
+    assert tile is not None
+    validate_tile(tile, "png")
+    assert store.staged_files() == []
+    ledger.close()
+
+
+class GatedRenderer(BuiltinRenderer):
+    """Renders only when the test opens the gate: a worker 'stalled' past its SLA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def render(self, job: RenderJob, stop: threading.Event | None = None) -> bytes:
+        self.entered.set()
+        assert self.gate.wait(20)
+        return super().render(job)
+
+
+def test_a_stalled_worker_that_wakes_up_after_a_reclaim_cannot_commit(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    store = MBTilesStore(tmp_path / "tiles.mbtiles")
+    job = RenderJob(TMS, 8, 10, 20, 3)
+    queue.enqueue([job])
+    gated = GatedRenderer()
+    slow = make_worker(queue, dsn, MBTilesStore(tmp_path / "tiles.mbtiles"), gated, name="slow")
+    t = threading.Thread(target=slow.step)
+    t.start()
+    try:
+        assert gated.entered.wait(10)
+        fast = make_worker(queue, dsn, store, CountingRenderer(), name="fast", sla_s=0.3)
+        drain(fast, lambda: fast.outcomes["completed"] == 1)
+    finally:
+        gated.gate.set()
+        t.join(20)
+    assert slow.outcomes == {"lost": 1}
+    assert completed_once(fast.ledger, job.key)
+    assert store.db.execute("SELECT count(*) FROM tilepipe_staging").fetchone() == (0,)
+    assert store.read(8, 10, 20) is not None
+    assert queue.depth() == 0
+
+
+def test_a_failing_renderer_retries_with_backoff_then_the_job_is_dead(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    renderer = CommandRenderer(["sh", "-c", "echo upstream 503 for {z}/{x}/{y} >&2; exit 1"])
+    worker = make_worker(queue, dsn, DirectoryStore(tmp_path / "tiles"), renderer, max_attempts=3)
+    job = RenderJob(TMS, 3, 4, 2, 1)
+    queue.enqueue([job])
+    drain(worker, lambda: bool(queue.dead_letters()))
+    record = worker.ledger.get(job.key)
+    assert record is not None and record.state is JobState.DEAD and record.attempts == 3
+    assert "upstream 503 for 3/4/2" in (record.error or "")
+    assert [h[0] for h in worker.ledger.history(job.key)] == [
+        "IN_PROGRESS", "FAILED", "IN_PROGRESS", "FAILED", "IN_PROGRESS", "DEAD",
+    ]  # fmt: skip
+    (dead,) = queue.dead_letters()
+    assert dead["job_key"] == job.key and dead["attempts"] == 3
+    assert "upstream 503" in str(dead["error"])
+    assert queue.depth() == 0
+    assert worker.outcomes == {"retry": 2, "dead": 1}
+
+
+def test_a_failing_renderer_degrades_to_invalidate_only_then_recovers(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    store = DirectoryStore(tmp_path / "tiles")
+    renderer = CountingRenderer(fail_first=2)
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown_s=30, clock=lambda: now[0])
+    worker = make_worker(queue, dsn, store, renderer, breaker=breaker, max_attempts=5)
+    a, b, c, d = (RenderJob(TMS, 6, i, 9, 1) for i in range(4))
+    queue.client.set("tilecache-test:6:0:9", b"stale")
+    queue.enqueue([a, b])
+    drain(worker, lambda: worker.outcomes["retry"] == 2)
+    assert breaker.is_open
+    # While the circuit is open the retries only invalidate: the tile server renders on demand.
+    drain(worker, lambda: worker.outcomes["degraded"] == 2)
+    for job in (a, b):
+        rec = worker.ledger.get(job.key)
+        assert rec is not None and rec.state is JobState.DEGRADED and rec.attempts == 2
+        assert rec.error == "renderer circuit open" and rec.result == "invalidated"
+        assert store.read(job.z, job.x, job.y) is None
+    assert queue.client.get("tilecache-test:6:0:9") is None
+    assert renderer.calls == 2
+
+    now[0] = 31  # after the cooldown one trial render goes through, succeeds, closes the circuit
+    queue.enqueue([c, d])
+    drain(worker, lambda: queue.depth() == 0)
+    assert not breaker.is_open
+    for job in (c, d):
+        rec = worker.ledger.get(job.key)
+        assert rec is not None and rec.state is JobState.COMPLETED and rec.attempts == 1
+        assert store.read(job.z, job.x, job.y) is not None
+    assert renderer.calls == 4
+    assert worker.outcomes == {"retry": 2, "degraded": 2, "completed": 2}
+
+
+def test_a_pool_of_threads_drains_the_queue_into_mbtiles(
+    queue: RenderQueue, dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings = RenderSettings(
+        redis=redis_url,
+        prefix=queue.stream.split(":render:")[0],
+        ledger=dsn,
+        store=f"mbtiles:{tmp_path / 'tiles.mbtiles'}",
+        workers=4,
+        poll="100ms",
+    )
+    pool = RenderPool(settings)
+    jobs = [RenderJob(TMS, 12, 2000 + i % 10, 1300 + i // 10, 1) for i in range(60)]
+    queue.enqueue(jobs + jobs)
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: setattr(pool, "totals", pool.run(stop)))
+    t.start()
+    ledger = Ledger(dsn)
+    try:
+        _wait(lambda: ledger.counts()["COMPLETED"] == 60, 30, "60 completed jobs")
+    finally:
+        stop.set()
+        t.join(10)
+    assert pool.totals == {"completed": 60}  # type: ignore[attr-defined]
+    store = MBTilesStore(tmp_path / "tiles.mbtiles")
+    assert store.db.execute("SELECT count(*) FROM tiles").fetchone() == (60,)
+    assert queue.depth() == 0
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM render_tiles").fetchone() == (60,)
+    ledger.close()
