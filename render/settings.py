@@ -49,6 +49,11 @@ class RenderSettings(BaseSettings):
     """How long the circuit stays open before one trial render."""
     cache_key: str | None = None
     """A Redis tile cache to invalidate, e.g. ``tilecache:{z}:{x}:{y}`` (``DEL`` after commit)."""
+    broadcast: str | None = None
+    """``redis[s]://HOST:PORT/DB?channel=NAME``: after each commit, broadcast the job's
+    ``tile_updated`` there (the dataflow's ``TILEPIPE_SINK`` when it renders first)."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port."""
     poll: Duration = timedelta(seconds=1)
     """How long a worker waits for a job before it looks for stalled and due jobs."""
     worker_name: str | None = None
@@ -61,6 +66,13 @@ class RenderSettings(BaseSettings):
         if v != "builtin" and not v.startswith("command:"):
             raise ValueError(f"{v!r}: use builtin or command:PROGRAM ARGS")
         return v
+
+    @field_validator("broadcast")
+    @classmethod
+    def _check_broadcast(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://")):
+            raise ValueError(f"{v!r}: use redis://HOST:PORT/DB?channel=NAME")
+        return v or None
 
     @field_validator("store")
     @classmethod
