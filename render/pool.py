@@ -62,6 +62,7 @@ class RenderPool:
                 settings.format,
                 settings.delay.total_seconds(),
                 settings.timeout.total_seconds(),
+                settings.http_concurrency,
             )
             build_store(settings.store, settings.format).close()
         except (ValueError, OSError) as e:

@@ -27,13 +27,16 @@ class RenderSettings(BaseSettings):
     ledger: SecretStr | None = None
     """PostgreSQL DSN of the job ledger, e.g. ``postgresql://tilepipe@db/tilepipe``."""
     renderer: str = "builtin"
-    """``builtin`` (a PNG showing tile and version) or ``command:PROGRAM {z} {x} {y}``."""
+    """``builtin`` (a PNG showing tile and version), ``command:PROGRAM {z} {x} {y}`` or
+    ``http:https://tiles.example/{z}/{x}/{y}.png`` (an upstream tile server)."""
     format: str = "png"
     """The tile format and file extension."""
     delay: Duration = timedelta(0)
     """Extra time the builtin renderer spends per tile (demos, benchmarks)."""
     timeout: Duration = timedelta(seconds=60)
-    """Longest one render attempt may take (command renderer)."""
+    """Longest one render attempt may take (command and http renderers)."""
+    http_concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Most tiles fetched from the upstream at once by this process (http renderer)."""
     store: str = "dir:./tiles"
     """``dir:PATH`` ({z}/{x}/{y}.{format}) or ``mbtiles:PATH``."""
     workers: Annotated[int, Field(ge=1, le=256)] = 4
@@ -63,8 +66,8 @@ class RenderSettings(BaseSettings):
     @field_validator("renderer")
     @classmethod
     def _check_renderer(cls, v: str) -> str:
-        if v != "builtin" and not v.startswith("command:"):
-            raise ValueError(f"{v!r}: use builtin or command:PROGRAM ARGS")
+        if v != "builtin" and not v.startswith(("command:", "http:")):
+            raise ValueError(f"{v!r}: use builtin, command:PROGRAM ARGS or http:URL")
         return v
 
     @field_validator("broadcast")
