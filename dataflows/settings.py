@@ -8,6 +8,8 @@ Every field can be set as a ``TILEPIPE_<NAME>`` environment variable (or in a
   | ``generator:?events=N&tiles=N&...``
 - sink: ``file:PATH`` (``-`` = stdout) | ``redis[s]://HOST:PORT/DB?channel=NAME``
 - dlq: ``file:PATH`` | ``kafka://HOST:PORT/TOPIC``
+- render_queue: ``redis[s]://HOST:PORT/DB?prefix=NAME``: when set, updates become render
+  jobs on that queue instead of being broadcast; render workers broadcast after the commit
 """
 
 from __future__ import annotations
@@ -123,6 +125,13 @@ class Settings(BaseSettings):
     redis_prefix: str = "tilepipe"
     publish_mode: Literal["publish", "spublish"] = "publish"
 
+    # Rendering (issue 8)
+    render_queue: str | None = None
+    """``redis[s]://HOST:PORT/DB[?prefix=NAME]``: enqueue each update as a render job there
+    instead of broadcasting it; ``tilepipe render-worker`` broadcasts after the commit."""
+    render_deadline: Duration | None = None
+    """A render job not started within this long after enqueueing degrades to invalidate-only."""
+
     @field_validator("telemetry_zooms", mode="before")
     @classmethod
     def _zoom_list(cls, v: object) -> object:
@@ -150,6 +159,15 @@ class Settings(BaseSettings):
     @classmethod
     def _check_sink(cls, v: str) -> str:
         _require_scheme("sink", v, ("file", "redis", "rediss"))
+        return v
+
+    @field_validator("render_queue")
+    @classmethod
+    def _check_render_queue(cls, v: str | None) -> str | None:
+        if v is not None and v.strip() == "":
+            return None
+        if v is not None:
+            _require_scheme("render_queue", v, ("redis", "rediss"))
         return v
 
     @field_validator("dlq")

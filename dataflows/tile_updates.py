@@ -20,6 +20,7 @@ from operators.validate import ValidationConfig, validate
 from sinks.file import FileDeadLetterSink, FileUpdatesSink
 from sinks.kafka import KafkaDeadLetterSink
 from sinks.redis import RedisBroadcastSink, RedisTarget
+from sinks.render_queue import RenderQueueSink, RenderQueueTarget
 from sources.file import JsonlFileSource
 from sources.generator import GeneratorSource, GeneratorSpec
 from sources.kafka import KafkaTopicSource
@@ -35,7 +36,10 @@ def build_flow(settings: Settings) -> Dataflow:
     dead = op.merge("dead", validated.errs, expanded.errs)
     op.output("dead_letters", dead, make_dlq(settings))
     updates = order_and_apply("apply", expanded.oks, config=order_config(settings))
-    op.output("broadcast", updates, make_sink(settings))
+    if settings.render_queue:  # render first; the render worker broadcasts after the commit
+        op.output("render_queue", updates, make_render_queue(settings))
+    else:
+        op.output("broadcast", updates, make_sink(settings))
     return flow
 
 
@@ -102,6 +106,19 @@ def make_sink(s: Settings) -> Sink[TileUpdate]:
         mode=options.get("mode", s.publish_mode),  # type: ignore[arg-type]
     )
     return RedisBroadcastSink(target)
+
+
+def make_render_queue(s: Settings) -> Sink[TileUpdate]:
+    assert s.render_queue is not None
+    url, options = redis_uri(s.render_queue)
+    deadline = s.render_deadline
+    return RenderQueueSink(
+        RenderQueueTarget(
+            url,
+            prefix=options.get("prefix", s.redis_prefix),
+            deadline_ms=None if deadline is None else int(deadline.total_seconds() * 1000),
+        )
+    )
 
 
 def make_dlq(s: Settings) -> Sink[DeadLetter]:

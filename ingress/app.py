@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingress import jobs as jobs_api
 from ingress import metrics
 from ingress.dedup import DedupWindow, IngestClock
 from ingress.intake import (
@@ -44,6 +45,7 @@ from ingress.intake import (
     rejection_result,
     split_records,
 )
+from ingress.jobs import JobsAPI
 from ingress.producer import OutRecord
 from ingress.settings import IngressSettings
 from operators.validate import ValidationConfig
@@ -88,13 +90,18 @@ class Ingress:
     """The state behind the app: secrets, producer, dedup window, ingest clock."""
 
     def __init__(
-        self, settings: IngressSettings, secrets: dict[str, bytes], producer: Producer
+        self,
+        settings: IngressSettings,
+        secrets: dict[str, bytes],
+        producer: Producer,
+        jobs: JobsAPI | None = None,
     ) -> None:
         if not secrets:
             raise ValueError("the ingress needs at least one HMAC secret")
         self.settings = settings
         self.secrets = secrets
         self.producer = producer
+        self.jobs = jobs
         self.tolerance_s = settings.signature_tolerance.total_seconds()
         self.window = DedupWindow(settings.dedup_window.total_seconds(), settings.dedup_max_entries)
         self.clock = IngestClock()
@@ -343,6 +350,55 @@ class Ingress:
             )
         return json_response(status, doc, headers)
 
+    # -- the job API (ingress/jobs.py) -------------------------------------------------
+
+    def _authenticate(self, request: Request, signed: bytes) -> None:
+        """Raise :class:`Rejected` unless the request is signed over ``signed``."""
+        signature = request.headers.get(SIGNATURE_HEADER)
+        timestamp = request.headers.get(TIMESTAMP_HEADER)
+        self._check_timestamp(signature, timestamp)
+        assert signature is not None and timestamp is not None
+        key_id = matching_key(
+            self.secrets, timestamp.encode("latin-1"), signed, signature.encode("latin-1")
+        )
+        if key_id is None:
+            metrics.SIGNATURE_FAILURES.labels("mismatch").inc()
+            raise Rejected(401, "bad_signature", f"{SIGNATURE_HEADER} does not match the request")
+        metrics.SIGNATURES_VERIFIED.labels(key_id).inc()
+
+    async def _jobs_call(self, request: Request) -> Response:
+        assert self.jobs is not None
+        try:
+            if request.method == "POST":
+                self._check_timestamp(
+                    request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER)
+                )
+                if body_kind(request.headers.get("content-type")) != "json":
+                    raise Rejected(415, "unsupported_media_type", "Content-Type: application/json")
+                body = await self._read_body(request)
+                self._authenticate(request, body)
+                response = await jobs_api.post_job(self.jobs, request, body)
+            else:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                self._authenticate(request, target.encode())
+                if "id" in request.path_params:
+                    response = await jobs_api.get_job(self.jobs, request.path_params["id"])
+                else:
+                    response = await jobs_api.list_jobs(
+                        self.jobs, request.query_params.get("state")
+                    )
+        except Rejected as r:
+            response = self._refuse(request, r)
+        except ClientDisconnect:
+            response = Response(status_code=400)
+        except Exception:
+            log.exception("ingress: unexpected error handling a job request")
+            response = json_response(
+                500, {"error": "internal_error", "message": "unexpected error; see the logs"}
+            )
+        metrics.JOB_REQUESTS.labels(request.method, str(response.status_code)).inc()
+        return response
+
     # -- health ---------------------------------------------------------------------
 
     async def healthz(self, _request: Request) -> Response:
@@ -380,8 +436,15 @@ def create_app(ingress: Ingress) -> Starlette:
             if left:
                 log.error("%d records were still unacknowledged at shutdown", left)
 
+    job_routes = []
+    if ingress.jobs is not None:
+        job_routes = [
+            Route("/v1/jobs", ingress._jobs_call, methods=["POST", "GET"]),
+            Route("/v1/jobs/{id}", ingress._jobs_call, methods=["GET"]),
+        ]
     return Starlette(
         routes=[
+            *job_routes,
             Route("/v1/events", ingress.post_events, methods=["POST"]),
             Route("/healthz", ingress.healthz, methods=["GET"]),
             Route("/readyz", ingress.readyz, methods=["GET"]),

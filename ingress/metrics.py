@@ -71,3 +71,9 @@ DEDUP_ENTRIES = Gauge(
     "tilepipe_ingress_dedup_entries", "event_ids remembered by the dedup window.",
     registry=REGISTRY,
 )  # fmt: skip
+JOB_REQUESTS = Counter(
+    "tilepipe_ingress_job_requests_total",
+    "Job API requests (/v1/jobs) by method and HTTP status.",
+    ["method", "status"],
+    registry=REGISTRY,
+)

@@ -59,7 +59,25 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, socket.socket]:
         produce_timeout_s=settings.produce_timeout.total_seconds(),
         linger_ms=settings.linger.total_seconds() * 1000,
     )
-    return Ingress(settings, secrets, producer), sock
+    jobs = None
+    if settings.render_ledger is not None:
+        from ingress.jobs import JobsAPI
+
+        jobs = JobsAPI(
+            settings.render_ledger.get_secret_value(),
+            settings.render_redis,
+            settings.render_prefix,
+            settings.jobs_max_tiles,
+            settings.max_zoom,
+        )
+        try:
+            jobs.prepare()
+        except Exception as e:
+            sock.close()
+            raise UserError(
+                f"job API: the render ledger or queue does not answer: {str(e).splitlines()[0]}"
+            ) from None
+    return Ingress(settings, secrets, producer, jobs), sock
 
 
 def _bind(listen: str) -> socket.socket:

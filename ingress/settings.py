@@ -80,6 +80,15 @@ class IngressSettings(BaseSettings):
     retry_after: Annotated[int, Field(ge=1, le=3600)] = 5
     """Seconds in ``Retry-After`` when the broker is unavailable."""
 
+    # The job API (issue 8): on when the render ledger is set
+    render_ledger: SecretStr | None = Field(None, validation_alias=_shared("render_ledger"))
+    """PostgreSQL DSN of the render job ledger; enables ``/v1/jobs``."""
+    render_redis: str = Field("redis://127.0.0.1:6379/0", validation_alias=_shared("render_redis"))
+    """The render queue's Redis (the render workers' ``TILEPIPE_RENDER_REDIS``)."""
+    render_prefix: str = Field("tilepipe", validation_alias=_shared("render_prefix"))
+    jobs_max_tiles: Annotated[int, Field(ge=1)] = 100_000
+    """Tile budget of one region job; over it the cover falls back to a coarser zoom."""
+
     # Serving
     tls_certfile: Path | None = None
     """Serve HTTPS with this certificate chain (PEM) when running bare; in Kubernetes TLS

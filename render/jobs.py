@@ -1,9 +1,20 @@
 """What a render job is, and the key that makes the same trigger twice one job.
 
-The key hashes only what identifies the tile release to render:
-``(tms, z, x, y, version)``. Versions are normalised first (``"2"`` and
+The key hashes what identifies the tile release to render:
+``(tms, z, x, y, version)``, plus the update's hash when it has one and the
+region job it belongs to. Versions are normalised first (``"2"`` and
 ``"2.0"`` are one version), so two triggers for the same release collapse
 into one job however they were spelled.
+
+Why the update hash is part of the key: versions are monotonic per *object*
+(ARCHITECTURE: per feature, per sensor), so two features that both reach
+version 1 in one tile at different times are two different releases of the
+tile with one version number. Keyed by the version alone the second would be
+dropped as a duplicate and never rendered nor broadcast. The hash covers the
+order keys of every object applied, so a replayed trigger still has the same
+hash (one job) and a different release does not. A region job's tiles carry
+its id as ``origin``: a re-render of a tile already rendered at its version
+is new work, not a duplicate.
 """
 
 from __future__ import annotations
@@ -17,10 +28,17 @@ from tilepipe.records import TileUpdate
 from tilepipe.versions import Version, version_key
 
 
-def job_key(tms: str, z: int, x: int, y: int, version: Version) -> str:
-    """32 hex digits of SHA-256 over the tile and its normalised version."""
+def job_key(
+    tms: str, z: int, x: int, y: int, version: Version, update_hash: str = "", origin: str = ""
+) -> str:
+    """32 hex digits of SHA-256 over the tile, its normalised version, hash and origin."""
     vkey = ".".join(str(p) for p in version_key(version))
-    return hashlib.sha256(f"{tms}\x1f{z}\x1f{x}\x1f{y}\x1f{vkey}".encode()).hexdigest()[:32]
+    text = f"{tms}\x1f{z}\x1f{x}\x1f{y}\x1f{vkey}"
+    if update_hash:
+        text += f"\x1fh={update_hash}"
+    if origin:
+        text += f"\x1fo={origin}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -36,10 +54,15 @@ class RenderJob:
     enqueued_ms: int = 0
     deadline_ms: int | None = None
     """Epoch milliseconds after which rendering is pointless: degrade to invalidate-only."""
+    origin: str = ""
+    """The region job this tile job belongs to (its id), or empty for a stream trigger."""
+    broadcast: bytes | None = None
+    """What to broadcast after the commit: ``{"objects": [[id, order], ...], "msg": {...}}``
+    (the trigger's ``tile_updated`` and the order keys the forward-only store compares)."""
 
     @property
     def key(self) -> str:
-        return job_key(self.tms, self.z, self.x, self.y, self.version)
+        return job_key(self.tms, self.z, self.x, self.y, self.version, self.hash, self.origin)
 
     @property
     def tile(self) -> str:
@@ -55,6 +78,8 @@ class RenderJob:
                 "tms": self.tms, "z": self.z, "x": self.x, "y": self.y,
                 "version": self.version, "hash": self.hash,
                 "enqueued_ms": self.enqueued_ms, "deadline_ms": self.deadline_ms,
+                "origin": self.origin,
+                "broadcast": orjson.Fragment(self.broadcast) if self.broadcast else None,
             }
         )  # fmt: skip
 
@@ -64,9 +89,14 @@ class RenderJob:
         return cls(
             tms=d["tms"], z=int(d["z"]), x=int(d["x"]), y=int(d["y"]), version=d["version"],
             hash=d.get("hash", ""), enqueued_ms=int(d.get("enqueued_ms") or 0),
-            deadline_ms=d.get("deadline_ms"),
+            deadline_ms=d.get("deadline_ms"), origin=d.get("origin") or "",
+            broadcast=orjson.dumps(d["broadcast"]) if d.get("broadcast") else None,
         )  # fmt: skip
 
     @classmethod
     def from_update(cls, u: TileUpdate, now_ms: int = 0) -> RenderJob:
-        return cls(u.tms, u.z, u.x, u.y, u.version, u.hash, enqueued_ms=now_ms)
+        """The job for a trigger, carrying the ``tile_updated`` to broadcast after the commit."""
+        from sinks.messages import tile_updated
+
+        payload = orjson.dumps({"objects": [list(o) for o in u.objects], "msg": tile_updated(u)})
+        return cls(u.tms, u.z, u.x, u.y, u.version, u.hash, enqueued_ms=now_ms, broadcast=payload)

@@ -172,8 +172,10 @@ class Ledger:
         ``commit_tile`` moves the staged tile into the store and returns its
         location; it runs while the job's row is locked and only if this
         worker still holds the job (its attempt is the latest) and no newer
-        version of the tile was committed. Returns the result (the location,
-        or ``superseded by ...``), or None if another worker owns the job now.
+        version of the tile was committed. An equal version commits: it is another
+        release at that version number (another feature's) or a region re-render, and
+        the job key already keeps one release from committing twice. Returns the result
+        (the location, or ``superseded by ...``), or None if another worker owns the job now.
         If ``commit_tile`` raises, nothing is recorded and the error propagates.
         """
         with self.conn.transaction():
@@ -188,7 +190,7 @@ class Ledger:
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (tms, z, x, y) DO UPDATE SET vkey = EXCLUDED.vkey,"
                 "   version = EXCLUDED.version, job_key = EXCLUDED.job_key, committed_at = now()"
-                " WHERE t.vkey < EXCLUDED.vkey"
+                " WHERE t.vkey <= EXCLUDED.vkey"
                 " RETURNING 1",
                 (job.tms, job.z, job.x, job.y, list(job.vkey), _version_text(job), job.key),
             ).fetchone()

@@ -11,9 +11,13 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 
 import redis
 
+from dataflows.settings import redis_uri
+from render import metrics
+from render.announce import CommitAnnouncer
 from render.jobs import RenderJob
 from render.ledger import Ledger, LedgerError
 from render.queue import RenderQueue
@@ -28,6 +32,7 @@ from render.worker import (
     WorkerConfig,
     default_name,
 )
+from sinks.redis import RedisTarget
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ class RenderPool:
     ) -> None:
         self.settings = settings
         self.on_committed = on_committed
+        self._metrics_server: ThreadingHTTPServer | None = None
         self.name = settings.worker_name or default_name()
         if settings.ledger is None:
             raise RenderConfigError(
@@ -56,6 +62,7 @@ class RenderPool:
                 settings.format,
                 settings.delay.total_seconds(),
                 settings.timeout.total_seconds(),
+                settings.http_concurrency,
             )
             build_store(settings.store, settings.format).close()
         except (ValueError, OSError) as e:
@@ -81,6 +88,21 @@ class RenderPool:
             settings.breaker_threshold, settings.breaker_cooldown.total_seconds()
         )
         self.invalidator = CacheInvalidator(self.client, settings.cache_key)
+        self.announcer: CommitAnnouncer | None = None
+        if settings.broadcast and on_committed is None:
+            url, options = redis_uri(settings.broadcast)
+            target = RedisTarget(
+                url,
+                channel=options.get("channel", RedisTarget.channel),
+                prefix=options.get("prefix", settings.prefix),
+                mode=options.get("mode", "publish"),  # type: ignore[arg-type]
+            )
+            self.announcer = CommitAnnouncer(target)
+            try:
+                self.announcer.broadcaster.client.ping()
+            except redis.RedisError as e:
+                raise RenderConfigError(f"the broadcast Redis does not answer: {e}") from None
+            self.on_committed = self.announcer
         self.workers: list[RenderWorker] = []
 
     def _worker(self, index: int) -> RenderWorker:
@@ -103,8 +125,29 @@ class RenderPool:
             self.on_committed,
         )
 
+    def serve_metrics(self) -> None:
+        """``/metrics``, ``/healthz`` and ``/readyz`` (ready while the queue's Redis answers)."""
+        from tilepipe import health
+
+        port = self.settings.metrics_port
+        assert port is not None
+        metrics.watch(
+            self.queue.depth,
+            lambda: int(self.client.llen(self.queue.dead_key)),
+            lambda: self.breaker.is_open,
+        )
+        health.HEALTH.source_assigned(f"render workers {self.name} on {self.queue.stream}")
+
+        def ping() -> None:
+            self.client.ping()
+
+        health.HEALTH.add_check("redis", ping)
+        self._metrics_server = health.serve(port)
+
     def run(self, stop: threading.Event) -> Counter[str]:
         """Run every worker until ``stop`` is set; each finishes its current job first."""
+        if self.settings.metrics_port is not None:
+            self.serve_metrics()
         self.workers = [self._worker(i) for i in range(self.settings.workers)]
         threads = [
             threading.Thread(target=w.run, args=(stop,), name=w.name, daemon=True)
@@ -124,5 +167,10 @@ class RenderPool:
             w.ledger.close()
             w.store.close()
         self.client.close()
+        if self.announcer is not None:
+            self.announcer.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("render workers stopped: %s", dict(totals))
         return totals

@@ -8,6 +8,12 @@
   arguments; the tile is what it writes to stdout, and a non-zero exit, or
   taking longer than the timeout, is a failed attempt.
 
+- ``http:URL`` fetches the tile from an upstream tile server (Martin, Tegola, ...):
+  ``{tms}``, ``{z}``, ``{x}``, ``{y}`` and ``{version}`` are substituted in the URL; each
+  fetch has the timeout, and at most ``concurrency`` fetches run at once per process
+  (the pool's threads share the renderer), so a slow upstream is not swamped. A non-2xx
+  answer, a timeout or a refused connection is a failed attempt.
+
 A renderer raises :class:`RenderError` for a failed attempt; the worker
 decides retries, back-off and degradation, not the renderer.
 """
@@ -91,10 +97,47 @@ class CommandRenderer:
         return done.stdout
 
 
+class HttpRenderer:
+    """Fetches each tile from an upstream URL template, with a timeout and bounded concurrency."""
+
+    def __init__(
+        self, template: str, format: str = "png", timeout_s: float = 60.0, concurrency: int = 8
+    ) -> None:
+        if not template.startswith(("http://", "https://")):
+            raise ValueError(f"http renderer: {template!r} is not an http(s) URL template")
+        self.template = template
+        self.format = format
+        self.timeout_s = timeout_s
+        self.slots = threading.BoundedSemaphore(concurrency)
+
+    def render(self, job: RenderJob, stop: threading.Event | None = None) -> bytes:
+        import urllib.error
+        import urllib.request
+
+        url = self.template.format(tms=job.tms, z=job.z, x=job.x, y=job.y, version=job.version)
+        with self.slots:
+            try:
+                with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
+                    return bytes(r.read())
+            except urllib.error.HTTPError as e:
+                raise RenderError(
+                    f"upstream answered {e.code} for {job.z}/{job.x}/{job.y}"
+                ) from None
+            except (urllib.error.URLError, TimeoutError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                raise RenderError(
+                    f"upstream unreachable for {job.z}/{job.x}/{job.y}: {reason}"
+                ) from None
+
+
 def build_renderer(
-    spec: str, format: str = "png", delay_s: float = 0.0, timeout_s: float = 60.0
+    spec: str,
+    format: str = "png",
+    delay_s: float = 0.0,
+    timeout_s: float = 60.0,
+    concurrency: int = 8,
 ) -> Renderer:
-    """A renderer from its spec: ``builtin`` or ``command:PROGRAM ARGS...``."""
+    """A renderer from its spec: ``builtin``, ``command:PROGRAM ARGS...`` or ``http:URL``."""
     kind, _, rest = spec.partition(":")
     if kind == "builtin":
         if format != "png":
@@ -102,4 +145,6 @@ def build_renderer(
         return BuiltinRenderer(delay_s=delay_s)
     if kind == "command":
         return CommandRenderer(shlex.split(rest), format=format, timeout_s=timeout_s)
-    raise ValueError(f"renderer {spec!r}: unknown kind {kind!r}; use builtin or command:PROGRAM")
+    if kind == "http":
+        return HttpRenderer(rest, format=format, timeout_s=timeout_s, concurrency=concurrency)
+    raise ValueError(f"renderer {spec!r}: unknown kind {kind!r}; use builtin, command: or http:")

@@ -27,13 +27,16 @@ class RenderSettings(BaseSettings):
     ledger: SecretStr | None = None
     """PostgreSQL DSN of the job ledger, e.g. ``postgresql://tilepipe@db/tilepipe``."""
     renderer: str = "builtin"
-    """``builtin`` (a PNG showing tile and version) or ``command:PROGRAM {z} {x} {y}``."""
+    """``builtin`` (a PNG showing tile and version), ``command:PROGRAM {z} {x} {y}`` or
+    ``http:https://tiles.example/{z}/{x}/{y}.png`` (an upstream tile server)."""
     format: str = "png"
     """The tile format and file extension."""
     delay: Duration = timedelta(0)
     """Extra time the builtin renderer spends per tile (demos, benchmarks)."""
     timeout: Duration = timedelta(seconds=60)
-    """Longest one render attempt may take (command renderer)."""
+    """Longest one render attempt may take (command and http renderers)."""
+    http_concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Most tiles fetched from the upstream at once by this process (http renderer)."""
     store: str = "dir:./tiles"
     """``dir:PATH`` ({z}/{x}/{y}.{format}) or ``mbtiles:PATH``."""
     workers: Annotated[int, Field(ge=1, le=256)] = 4
@@ -49,6 +52,11 @@ class RenderSettings(BaseSettings):
     """How long the circuit stays open before one trial render."""
     cache_key: str | None = None
     """A Redis tile cache to invalidate, e.g. ``tilecache:{z}:{x}:{y}`` (``DEL`` after commit)."""
+    broadcast: str | None = None
+    """``redis[s]://HOST:PORT/DB?channel=NAME``: after each commit, broadcast the job's
+    ``tile_updated`` there (the dataflow's ``TILEPIPE_SINK`` when it renders first)."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port."""
     poll: Duration = timedelta(seconds=1)
     """How long a worker waits for a job before it looks for stalled and due jobs."""
     worker_name: str | None = None
@@ -58,9 +66,16 @@ class RenderSettings(BaseSettings):
     @field_validator("renderer")
     @classmethod
     def _check_renderer(cls, v: str) -> str:
-        if v != "builtin" and not v.startswith("command:"):
-            raise ValueError(f"{v!r}: use builtin or command:PROGRAM ARGS")
+        if v != "builtin" and not v.startswith(("command:", "http:")):
+            raise ValueError(f"{v!r}: use builtin, command:PROGRAM ARGS or http:URL")
         return v
+
+    @field_validator("broadcast")
+    @classmethod
+    def _check_broadcast(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://")):
+            raise ValueError(f"{v!r}: use redis://HOST:PORT/DB?channel=NAME")
+        return v or None
 
     @field_validator("store")
     @classmethod

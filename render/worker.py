@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 import psycopg
 import redis
 
+from render import metrics
 from render.jobs import RenderJob
-from render.ledger import Ledger
+from render.ledger import JobState, Ledger
 from render.queue import Delivery, RenderQueue
 from render.renderers import Renderer
 from render.stores import TileStore
@@ -110,7 +111,9 @@ class CacheInvalidator:
             return
         key = self.key_template.format(tms=job.tms, z=job.z, x=job.x, y=job.y)
         hit = bool(self.client.delete(key))
-        self.counts["hit" if hit else "miss"] += 1
+        result = "hit" if hit else "miss"
+        self.counts[result] += 1
+        metrics.CACHE_INVALIDATIONS.labels(result).inc()
 
 
 @dataclass
@@ -136,6 +139,11 @@ class RenderWorker:
         invalidator: CacheInvalidator | None = None,
         on_committed: Callable[[RenderJob, str], None] | None = None,
     ) -> None:
+        """``on_committed(job, result)`` runs after a job's tile is in the store (or, when
+        degraded, after the cache was invalidated), before the job is acknowledged; it is
+        where the render worker broadcasts ``tile_updated``. It runs again when a job
+        found already done is delivered again (a crash between commit and acknowledge), so
+        it must be idempotent: the forward-only broadcast is."""
         self.config = config
         self.queue = queue
         self.ledger = ledger
@@ -194,12 +202,14 @@ class RenderWorker:
         job = d.job
         attempt = self.ledger.start(job, self.name)
         if attempt is None:  # done already (a duplicate, or a reclaim after the commit)
+            self._announce_again(job)
             self.queue.ack(d)
             return "skipped"
+        metrics.JOBS.labels("IN_PROGRESS").inc()
         if job.deadline_ms is not None and time.time() * 1000 > job.deadline_ms:
-            return self._degrade(d, attempt, "deadline passed before rendering")
+            return self._degrade(d, attempt, "deadline passed before rendering", "deadline")
         if not self.breaker.allow():
-            return self._degrade(d, attempt, "renderer circuit open")
+            return self._degrade(d, attempt, "renderer circuit open", "circuit_open")
         started = time.perf_counter()
         try:
             data = self.renderer.render(job)
@@ -219,18 +229,36 @@ class RenderWorker:
             self.store.discard(staged)
             self.queue.ack(d)
             return "lost"
-        log.debug("%s: %s committed in %.3f s", self.name, job.tile, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        metrics.JOBS.labels("COMPLETED").inc()
+        metrics.RENDER_LATENCY.labels(str(job.z)).observe(took)
+        log.debug("%s: %s committed in %.3f s", self.name, job.tile, took)
         self.invalidator.invalidate(job)
-        if self.on_committed is not None:
+        if self.on_committed is not None and not result.startswith("superseded"):
             self.on_committed(job, result)
         self.queue.ack(d)
         return "completed"
 
-    def _degrade(self, d: Delivery, attempt: int, reason: str) -> str:
+    def _degrade(self, d: Delivery, attempt: int, reason: str, code: str) -> str:
         self.invalidator.invalidate(d.job)
-        self.ledger.degraded(d.job, attempt, self.name, reason)
+        if self.ledger.degraded(d.job, attempt, self.name, reason):
+            metrics.JOBS.labels("DEGRADED").inc()
+            metrics.DEGRADED.labels(code).inc()
+            if self.on_committed is not None:  # the tile server renders the new data on demand
+                self.on_committed(d.job, "invalidated")
         self.queue.ack(d)
         return "degraded"
+
+    def _announce_again(self, job: RenderJob) -> None:
+        """Broadcast a finished job again: a worker may have died after its commit and
+        before its broadcast and acknowledgement."""
+        if self.on_committed is None:
+            return
+        record = self.ledger.get(job.key)
+        if record is None or record.result is None or record.result.startswith("superseded"):
+            return
+        if record.state in (JobState.COMPLETED, JobState.DEGRADED):
+            self.on_committed(job, record.result)
 
     def _failed(self, d: Delivery, attempt: int, error: str) -> str:
         log.info("%s: attempt %d of %s failed: %s", self.name, attempt, d.job.tile, error)
@@ -239,10 +267,12 @@ class RenderWorker:
                 return "lost"  # reclaimed meanwhile: the queue entry is the other worker's
             log.warning("%s: job %s is dead after %d attempts: %s",
                         self.name, d.job.tile, attempt, error)  # fmt: skip
+            metrics.JOBS.labels("DEAD").inc()
             self.queue.dead_letter(d, error, attempt)
             return "dead"
         if not self.ledger.failed(d.job, attempt, self.name, error):
             return "lost"
+        metrics.JOBS.labels("FAILED").inc()
         self.queue.retry_later(d, self.config.backoff.delay(attempt))
         return "retry"
 

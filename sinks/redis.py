@@ -106,12 +106,19 @@ class RedisTarget:
     """Objects (features, sensors) whose versions a tile remembers; 0 = no limit."""
 
     def tile_key(self, u: TileUpdate) -> str:
-        return f"{self.prefix}:tile:{u.tms}:{u.z}:{u.x}:{u.y}"
+        return self.key_of(u.tms, u.z, u.x, u.y)
+
+    def key_of(self, tms: str, z: int, x: int, y: int) -> str:
+        return f"{self.prefix}:tile:{tms}:{z}:{x}:{y}"
 
     @property
     def stats_key(self) -> str:
         """A hash of durable counters; ``suppressed`` counts updates the store refused."""
         return f"{self.prefix}:stats"
+
+
+Prepared = tuple[str, list[tuple[str, str]], bytes]
+"""One message ready for the compare-and-set script: tile key, ``(object, order)``s, JSON."""
 
 
 def connect(url: str) -> redis.Redis:
@@ -131,8 +138,23 @@ class RedisBroadcaster:
         """Publish ``updates``; per update 1 published, 0 duplicate, -1 stale."""
         if not updates:
             return []
-        calls = [self._call_args(updates[i : i + self.target.chunk])
-                 for i in range(0, len(updates), self.target.chunk)]  # fmt: skip
+        results = self.publish_prepared(
+            [(self.target.tile_key(u), list(u.objects), encode(u)) for u in updates]
+        )
+        accounting.record_results(updates, results)
+        return results
+
+    def publish_prepared(self, items: list[Prepared]) -> list[int]:
+        """Publish messages already encoded: ``(tile key, objects, message)`` each.
+
+        The render worker calls this after a commit with what the dataflow
+        put in the job, so the broadcast goes through the same forward-only
+        compare-and-set as a direct one. No accounting: the caller counts.
+        """
+        if not items:
+            return []
+        chunk = self.target.chunk
+        calls = [self._call_args(items[i : i + chunk]) for i in range(0, len(items), chunk)]
 
         def write() -> list[int]:
             pipe = self.client.pipeline(transaction=False)
@@ -143,24 +165,22 @@ class RedisBroadcaster:
                 results.extend(int(r) for r in part)
             return results
 
-        results = write_with_retry(
+        return write_with_retry(
             "redis", write, self.policy, (redis.ConnectionError, redis.TimeoutError)
         )
-        accounting.record_results(updates, results)
-        return results
 
-    def _call_args(self, updates: list[TileUpdate]) -> tuple[list[str], list[bytes | str | int]]:
-        keys = [self.target.tile_key(u) for u in updates]
+    def _call_args(self, items: list[Prepared]) -> tuple[list[str], list[bytes | str | int]]:
+        keys = [key for key, _, _ in items]
         keys.append(self.target.stats_key)
         args: list[bytes | str | int] = [
             self.target.channel, self.target.mode, self.target.max_objects_per_tile
         ]  # fmt: skip
-        for u in updates:
-            args.append(len(u.objects))
-            for obj, order in u.objects:
+        for _, objects, msg in items:
+            args.append(len(objects))
+            for obj, order in objects:
                 args.append(obj)
                 args.append(order)
-            args.append(encode(u))
+            args.append(msg)
         return keys, args
 
     def close(self) -> None:

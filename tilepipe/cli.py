@@ -61,6 +61,8 @@ def _run_parser(sub: Any) -> argparse.ArgumentParser:
     io.add_argument("--sink", help="file:PATH (- = stdout) | redis://HOST:PORT/DB?channel=NAME "
                     "[default: file:-]")  # fmt: skip
     io.add_argument("--dlq", help="file:PATH | kafka://HOST:PORT/TOPIC [default: file:/dev/stderr]")
+    io.add_argument("--render-queue", help="redis://HOST:PORT/DB[?prefix=NAME]: render each update"
+                    " first (tilepipe render-worker broadcasts after the commit)")  # fmt: skip
     io.add_argument("--kafka-start", choices=("earliest", "latest"),
                     help="where a Kafka source starts on its first run [earliest]")  # fmt: skip
     io.add_argument(
@@ -182,13 +184,16 @@ def _render_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--store", help="dir:PATH | mbtiles:PATH [dir:./tiles]")
     p.add_argument("--workers", type=int, help="worker threads in this process [4]")
     p.add_argument("--sla", help="a job in progress longer than this is reclaimed [60s]")
+    p.add_argument("--broadcast", help="redis://HOST:PORT/DB?channel=NAME: tile_updated after"
+                   " each commit (the dataflow's sink when it renders first)")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz here")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO]")
     return p
 
 
 _SETTING_FLAGS = (
-    "source", "sink", "dlq", "kafka_start", "kafka_exit_at_end", "workers", "recovery_dir",
-    "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
+    "source", "sink", "dlq", "render_queue", "kafka_start", "kafka_exit_at_end", "workers",
+    "recovery_dir", "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
     "allowed_lateness", "max_delay", "state_ttl",
 )  # fmt: skip
 
@@ -256,7 +261,8 @@ def render_worker(args: argparse.Namespace) -> int:
     from render.settings import RenderSettings
     from tilepipe.logs import setup_logging
 
-    flags = ("redis", "ledger", "renderer", "store", "workers", "sla", "log_level")
+    flags = ("redis", "ledger", "renderer", "store", "workers", "sla", "broadcast",
+             "metrics_port", "log_level")  # fmt: skip
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     try:
         settings = RenderSettings(**overrides)

@@ -53,7 +53,10 @@ def preflight(settings: Any) -> None:
             from sources.generator import GeneratorSpec
 
             GeneratorSpec.from_query(settings.source[10:].lstrip("?"))
-        if settings.sink.startswith(("redis:", "rediss:")):
+        if settings.render_queue:
+            url, _ = redis_uri(settings.render_queue)
+            _check_redis(url, "render queue")
+        elif settings.sink.startswith(("redis:", "rediss:")):
             url, _ = redis_uri(settings.sink)
             _check_redis(url)
     except ValueError as e:
@@ -82,24 +85,25 @@ def _check_kafka(name: str, brokers: list[str], topic: str, extra: dict[str, str
         )
 
 
-def _check_redis(url: str) -> None:
+def _check_redis(url: str, what: str = "sink") -> None:
     import redis
 
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
     except redis.RedisError as e:
         raise UserError(
-            f"sink: Redis at {redact_url(url)} did not answer ({e}); is it running?"
+            f"{what}: Redis at {redact_url(url)} did not answer ({e}); is it running?"
         ) from None
 
 
 def _add_readiness_checks(settings: Any) -> None:
-    if settings.sink.startswith(("redis:", "rediss:")):
+    uri = settings.render_queue or settings.sink
+    if uri.startswith(("redis:", "rediss:")):
         import redis
 
         from dataflows.settings import redis_uri
 
-        url, _ = redis_uri(settings.sink)
+        url, _ = redis_uri(uri)
         client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
 
         def ping() -> None:

@@ -15,20 +15,26 @@ from render.worker import Backoff, CircuitBreaker
 JOB = RenderJob("WebMercatorQuad", 12, 2200, 1343, "4.2.0", hash="abc")
 
 
-def test_job_key_is_the_tile_and_normalised_version() -> None:
+def test_job_key_is_the_tile_version_update_hash_and_origin() -> None:
     assert job_key("WebMercatorQuad", 3, 4, 2, 2) == job_key("WebMercatorQuad", 3, 4, 2, "2.0")
     assert job_key("WebMercatorQuad", 3, 4, 2, 2) != job_key("WebMercatorQuad", 3, 4, 2, 3)
     assert job_key("WebMercatorQuad", 3, 4, 2, 2) != job_key("WebMercatorQuad", 3, 2, 4, 2)
     assert len(JOB.key) == 32
-    # the hash and timestamps are payload, not identity
-    assert (
-        RenderJob("WebMercatorQuad", 12, 2200, 1343, "4.2", hash="x", enqueued_ms=5).key == JOB.key
-    )
+    # timestamps and the broadcast are payload, not identity
+    same = RenderJob("WebMercatorQuad", 12, 2200, 1343, "4.2", hash="abc", enqueued_ms=5,
+                     broadcast=b'{"objects":[],"msg":{}}')  # fmt: skip
+    assert same.key == JOB.key
+    # two features' releases at one version number are two jobs; so is a region re-render
+    assert RenderJob("WebMercatorQuad", 12, 2200, 1343, "4.2", hash="def").key != JOB.key
+    assert RenderJob("WebMercatorQuad", 12, 2200, 1343, "4.2.0", "abc", origin="r1").key != JOB.key
 
 
 def test_job_round_trips_through_its_encoding() -> None:
     job = RenderJob("WebMercatorQuad", 1, 0, 1, 7, "h", enqueued_ms=12, deadline_ms=99)
     assert RenderJob.decode(job.encode()) == job
+    payload = b'{"objects":[["f1","o1"]],"msg":{"type":"tile_updated"}}'
+    full = RenderJob("WebMercatorQuad", 1, 0, 1, 7, "h", origin="r9", broadcast=payload)
+    assert RenderJob.decode(full.encode()) == full
 
 
 def test_builtin_renderer_draws_a_valid_deterministic_png() -> None:
