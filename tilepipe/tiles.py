@@ -8,6 +8,7 @@ which is also how 2D-TMS numbers ``WebMercatorQuad`` tiles.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -51,7 +52,9 @@ def tile_bounds_mercator(z: int, x: int, y: int) -> Bounds:
     return Bounds(west, north - size, west + size, north)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _row_edge_latitude(row: int, n: int) -> float:
+    # Cached: updates come in regions, so rows repeat, and atan(sinh()) is the costly part.
     return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / n))))
 
 
