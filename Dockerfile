@@ -9,6 +9,8 @@ COPY dataflows /src/dataflows
 COPY operators /src/operators
 COPY sinks /src/sinks
 COPY sources /src/sources
+COPY ingress /src/ingress
+COPY render /src/render
 RUN /opt/tilepipe/bin/pip install --no-cache-dir /src
 
 FROM python:3.11-slim-bookworm
