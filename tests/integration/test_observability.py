@@ -95,7 +95,7 @@ class Prometheus:
                     return
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"Prometheus never saw {expr}"
+            assert time.monotonic() < deadline, f"Prometheus never saw {expr}: {res}"
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -231,15 +231,17 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
                             {"COMPLETED": len(RENDERED), "DEAD": 1, "DEGRADED": 1})  # fmt: skip
             exported = {"job": scrape_names(job.metrics_port),
                         "render worker": scrape_names(worker.metrics_port)}  # fmt: skip
-            # Enough samples after the last event for every rate window to hold two.
+            # Enough samples after the last event for every rate window to hold two. (The
+            # worker exports the dataflow's counters too, at zero: it shares the Redis sink.)
             prom.wait_until(
-                'tilepipe_events_total{outcome="stale"}', lambda r: r and r[0]["value"][1] == "1"
+                'tilepipe_events_total{job="tilepipe-metrics", outcome="stale"}',
+                lambda r: r and r[0]["value"][1] == "1",
             )
-            prom.wait_until('tilepipe_render_jobs_total{state="DEAD"}',
+            prom.wait_until('tilepipe_render_jobs_total{job="tilepipe-render", state="DEAD"}',
                             lambda r: r and r[0]["value"][1] == "1")  # fmt: skip
-            prom.wait_until('tilepipe_render_jobs_total{state="COMPLETED"}',
+            prom.wait_until('tilepipe_render_jobs_total{job="tilepipe-render", state="COMPLETED"}',
                             lambda r: r and r[0]["value"][1] == str(len(RENDERED)))  # fmt: skip
-            prom.wait_until("count_over_time(tilepipe_events_in_total[10s])",
+            prom.wait_until('count_over_time(tilepipe_events_in_total{job="tilepipe-metrics"}[10s])',
                             lambda r: r and float(r[0]["value"][1]) >= 4)  # fmt: skip
             prom.wait_until("count_over_time(tilepipe_render_queue_depth[10s])",
                             lambda r: r and float(r[0]["value"][1]) >= 4)  # fmt: skip
