@@ -118,7 +118,8 @@ def feed(now: int) -> list[bytes]:
 
 
 #: Render jobs for the worker: (z, x, y) completed; z=3 fails upstream until DEAD; one
-#: job is past its deadline (DEGRADED); tiles at z=14 are in the tile cache (hits).
+#: job is past its deadline (DEGRADED); tiles at z=14 are in the Redis tile cache and the
+#: HTTP cache (hits); the tile server is also the HTTP cache that answers PURGE.
 RENDERED = [(z, 100 * z + i, 50 * z + i) for z in (10, 12, 14) for i in range(3)]
 FAILING_ZOOM = 3
 
@@ -148,6 +149,7 @@ class RenderWorker:
             "TILEPIPE_RENDER_TIMEOUT": "5s",
             "TILEPIPE_RENDER_BREAKER_THRESHOLD": "100",
             "TILEPIPE_RENDER_CACHE_KEY": f"{self.prefix}:cache:{{z}}:{{x}}:{{y}}",
+            "TILEPIPE_RENDER_PURGE_URL": f"{upstream}/{{z}}/{{x}}/{{y}}.png",
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tilepipe", "render-worker", "--redis", redis_url,
@@ -219,6 +221,7 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
         try:
             for z, x, y in RENDERED[-3:]:  # cached: these invalidations are hits
                 redis_client.set(f"{worker.prefix}:cache:{z}:{x}:{y}", b"old tile")
+                upstream.cached.add(f"/{z}/{x}/{y}.png")
             jobs = render_jobs(now)
             assert all(worker.queue.enqueue(jobs))
             kafka.produce(topic, feed(now), key=key_of)
@@ -285,3 +288,5 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
     assert ready == 200
     assert code == 0, err[-3000:]
     assert worker_code == 0, worker_err[-3000:]
+    purged = {(r.path, r.status) for r in upstream.sent("PURGE")}
+    assert {(f"/{z}/{x}/{y}.png", 200) for z, x, y in RENDERED[-3:]} <= purged

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -32,12 +33,14 @@ class Request:
 class TileServer:
     """``GET /{z}/{x}/{y}.png`` renders a PNG unless ``z`` is in ``failing_zooms`` (500);
     ``PURGE`` answers 200 for a path in ``cached`` (and forgets it), 404 otherwise, or
-    ``purge_status`` when that is set; ``purge_delay_s`` holds each PURGE that long."""
+    ``purge_status`` when that is set; ``purge_delay_s`` holds each PURGE that long;
+    ``on_purge(path)`` runs as each PURGE arrives (to look at the store at that moment)."""
 
     failing_zooms: set[int] = field(default_factory=set)
     cached: set[str] = field(default_factory=set)
     purge_status: int | None = None
     purge_delay_s: float = 0.0
+    on_purge: Callable[[str], None] | None = None
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -66,6 +69,8 @@ class TileServer:
                 return self._answer(200, renderer.render(job))
 
             def do_PURGE(self) -> None:
+                if owner.on_purge is not None:
+                    owner.on_purge(self.path)
                 if owner.purge_delay_s:
                     time.sleep(owner.purge_delay_s)
                 if owner.purge_status is not None:

@@ -166,7 +166,8 @@ def test_dashboard_and_alerts_name_only_metrics_the_job_exports():
               "tilepipe_render_queue_depth", "tilepipe_render_dead_letters",
               "tilepipe_render_jobs_total", "tilepipe_render_latency_seconds_bucket",
               "tilepipe_render_degraded_total", "tilepipe_render_circuit_open",
-              "tilepipe_render_cache_invalidations_total"}  # fmt: skip
+              "tilepipe_render_cache_invalidations_total",
+              "tilepipe_render_purges_total"}  # fmt: skip
     used = set().union(*(obs.metric_names(e) for _, e in queries))
     assert wanted <= used, wanted - used
 
