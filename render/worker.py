@@ -11,7 +11,8 @@ A failed attempt is retried after capped exponential back-off with full
 jitter; after ``max_attempts`` the job is DEAD and on the dead-letter list.
 Repeated failures open a circuit breaker: while it is open (and for a job
 past its deadline) the worker only invalidates the tile, so the tile server
-renders on demand, and records DEGRADED.
+renders on demand, and records DEGRADED. A DEAD job's tile is invalidated too
+(the ledger's ``result`` and the dead letter say how), for the same reason.
 
 Invalidating is a ``DEL`` of the Redis tile cache key and/or an HTTP ``PURGE``
 (``TILEPIPE_RENDER_PURGE_URL``), always after the commit it follows; a PURGE
@@ -347,12 +348,17 @@ class RenderWorker:
     def _failed(self, d: Delivery, attempt: int, error: str) -> str:
         log.info("%s: attempt %d of %s failed: %s", self.name, attempt, d.job.tile, error)
         if attempt >= self.config.max_attempts:
-            if not self.ledger.dead(d.job, attempt, self.name, error):
+            # The new data will not be rendered here: drop the old tile from the caches so
+            # the tile server renders it on demand, and record that with the job.
+            invalidated = self.invalidator.invalidate(d.job)
+            result = f"invalidated ({invalidated})" if invalidated else None
+            if not self.ledger.dead(d.job, attempt, self.name, error, result):
                 return "lost"  # reclaimed meanwhile: the queue entry is the other worker's
-            log.warning("%s: job %s is dead after %d attempts: %s",
-                        self.name, d.job.tile, attempt, error)  # fmt: skip
+            log.warning("%s: job %s is dead after %d attempts: %s; %s",
+                        self.name, d.job.tile, attempt, error,
+                        result or "no tile cache configured to invalidate")  # fmt: skip
             metrics.JOBS.labels("DEAD").inc()
-            self.queue.dead_letter(d, error, attempt)
+            self.queue.dead_letter(d, error, attempt, invalidated=invalidated)
             return "dead"
         if not self.ledger.failed(d.job, attempt, self.name, error):
             return "lost"

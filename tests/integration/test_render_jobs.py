@@ -335,6 +335,28 @@ def test_purge_goes_out_after_the_commit_and_a_failing_cache_fails_no_job(
     observer.close()
 
 
+def test_a_dead_job_still_invalidates_its_tile(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    renderer = CommandRenderer(["sh", "-c", "echo upstream 503 >&2; exit 1"])
+    queue.client.set("tilecache-test:9:5:7", b"stale tile")
+    with TileServer(cached={"/9/5/7.png"}) as server:
+        worker = make_worker(queue, dsn, DirectoryStore(tmp_path / "tiles"), renderer,
+                             purge_url=server.url + "/{z}/{x}/{y}.png", max_attempts=2)  # fmt: skip
+        job = RenderJob(TMS, 9, 5, 7, 1)
+        queue.enqueue([job])
+        drain(worker, lambda: bool(queue.dead_letters()))
+        # Only once, when it died: a failed attempt that will be retried invalidates nothing.
+        assert [(r.path, r.status) for r in server.sent("PURGE")] == [("/9/5/7.png", 200)]
+    assert queue.client.get("tilecache-test:9:5:7") is None  # the tile server renders on demand
+    record = worker.ledger.get(job.key)
+    assert record is not None and record.state is JobState.DEAD
+    assert record.result == "invalidated (cache hit, purge hit)"
+    (dead,) = queue.dead_letters()
+    assert dead["invalidated"] == "cache hit, purge hit"
+    assert worker.outcomes == {"retry": 1, "dead": 1}
+
+
 def test_a_failing_renderer_degrades_to_invalidate_only_then_recovers(
     queue: RenderQueue, dsn: str, tmp_path: Path
 ) -> None:
