@@ -213,8 +213,11 @@ class Ledger:
     def failed(self, job: RenderJob, attempt: int, worker: str, error: str) -> bool:
         return self._transition(job, attempt, worker, JobState.FAILED, error, None)
 
-    def dead(self, job: RenderJob, attempt: int, worker: str, error: str) -> bool:
-        return self._transition(job, attempt, worker, JobState.DEAD, error, None)
+    def dead(
+        self, job: RenderJob, attempt: int, worker: str, error: str, result: str | None = None
+    ) -> bool:
+        """Record that the job gave up; ``result`` says how its tile was invalidated."""
+        return self._transition(job, attempt, worker, JobState.DEAD, error, result)
 
     def get(self, job_key: str) -> JobRecord | None:
         with self.conn.cursor(row_factory=dict_row) as cur:

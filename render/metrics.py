@@ -2,7 +2,7 @@
 ``--metrics-port`` beside ``/healthz`` and ``/readyz``.
 
 Labels come from small closed sets: job states, zoom levels (0..30), hit or
-miss, published or suppressed. No label carries a tile or a job id.
+miss or error, published or suppressed. No label carries a tile or a job id.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ CACHE_INVALIDATIONS = Counter(
     "Tile cache invalidations after a commit or degrade: hit (the tile was cached) or miss.",
     ["result"],
 )
+PURGES = Counter(
+    "tilepipe_render_purges_total",
+    "HTTP PURGE of a tile to the tile cache (TILEPIPE_RENDER_PURGE_URL) after a commit, degrade"
+    " or DEAD job: hit (200/204), miss (404) or error (anything else, timeout, refused).",
+    ["result"],
+)
 BROADCASTS = Counter(
     "tilepipe_render_broadcasts_total",
     "tile_updated after a commit: published, or suppressed by the forward-only store.",
@@ -60,6 +66,8 @@ for _reason in ("circuit_open", "deadline"):
     DEGRADED.labels(_reason)
 for _result in ("hit", "miss"):
     CACHE_INVALIDATIONS.labels(_result)
+for _result in ("hit", "miss", "error"):
+    PURGES.labels(_result)
 for _result in ("published", "suppressed"):
     BROADCASTS.labels(_result)
 

@@ -28,6 +28,7 @@ from render.worker import (
     Backoff,
     CacheInvalidator,
     CircuitBreaker,
+    Purger,
     RenderWorker,
     WorkerConfig,
     default_name,
@@ -87,7 +88,10 @@ class RenderPool:
         self.breaker = CircuitBreaker(
             settings.breaker_threshold, settings.breaker_cooldown.total_seconds()
         )
-        self.invalidator = CacheInvalidator(self.client, settings.cache_key)
+        purger = None
+        if settings.purge_url:
+            purger = Purger(settings.purge_url, settings.purge_timeout.total_seconds())
+        self.invalidator = CacheInvalidator(self.client, settings.cache_key, purger)
         self.announcer: CommitAnnouncer | None = None
         if settings.broadcast and on_committed is None:
             url, options = redis_uri(settings.broadcast)

@@ -19,7 +19,7 @@ Keys, under ``{prefix}:render:``:
   and adds the entry in the same script, so the same trigger twice is one job;
 - ``retry`` a sorted set of jobs waiting out their back-off (score: due time);
 - ``dead`` the dead-letter list: one JSON object per job that exhausted its
-  attempts, with its error.
+  attempts, with its error and how its tile was invalidated.
 """
 
 from __future__ import annotations
@@ -153,14 +153,18 @@ class RenderQueue:
             self._promote(keys=[self.retry_key, self.stream], args=[time.time() * 1000, limit])
         )
 
-    def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
-        """Acknowledge the delivery and record the job in the dead-letter list."""
+    def dead_letter(
+        self, delivery: Delivery, error: str, attempts: int, invalidated: str | None = None
+    ) -> None:
+        """Acknowledge the delivery and record the job in the dead-letter list, with how its
+        tile was invalidated (``"cache hit, purge miss"``; None if no cache is configured)."""
         doc = {
             "job_key": delivery.job.key,
             "job": orjson.loads(delivery.job.encode()),
             "error": error,
             "attempts": attempts,
             "dead_at_ms": int(time.time() * 1000),
+            "invalidated": invalidated,
         }
         pipe = self.client.pipeline(transaction=True)
         pipe.rpush(self.dead_key, orjson.dumps(doc))

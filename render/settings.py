@@ -52,6 +52,13 @@ class RenderSettings(BaseSettings):
     """How long the circuit stays open before one trial render."""
     cache_key: str | None = None
     """A Redis tile cache to invalidate, e.g. ``tilecache:{z}:{x}:{y}`` (``DEL`` after commit)."""
+    purge_url: str | None = None
+    """An HTTP cache to ``PURGE`` each tile from after its commit (and when a job only
+    invalidates, DEGRADED or DEAD), e.g. ``http://varnish/{z}/{x}/{y}.png``; ``{tms}``,
+    ``{z}``, ``{x}``, ``{y}`` and ``{version}`` are filled in. 200/204 counts as a hit, 404 a
+    miss, anything else an error (logged and counted; the job still succeeds)."""
+    purge_timeout: Duration = timedelta(seconds=5)
+    """Longest one PURGE may take."""
     broadcast: str | None = None
     """``redis[s]://HOST:PORT/DB?channel=NAME``: after each commit, broadcast the job's
     ``tile_updated`` there (the dataflow's ``TILEPIPE_SINK`` when it renders first)."""
@@ -76,6 +83,23 @@ class RenderSettings(BaseSettings):
         if v is not None and not v.startswith(("redis://", "rediss://")):
             raise ValueError(f"{v!r}: use redis://HOST:PORT/DB?channel=NAME")
         return v or None
+
+    @field_validator("purge_url")
+    @classmethod
+    def _check_purge_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{v!r}: use an http(s) URL template such as http://cache/{{z}}/{{x}}/{{y}}.png"
+            )
+        try:
+            v.format(tms="WebMercatorQuad", z=0, x=0, y=0, version=1)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"{v!r}: only {{tms}}, {{z}}, {{x}}, {{y}} and {{version}} can be filled in ({e})"
+            ) from None
+        return v
 
     @field_validator("store")
     @classmethod

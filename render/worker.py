@@ -11,7 +11,12 @@ A failed attempt is retried after capped exponential back-off with full
 jitter; after ``max_attempts`` the job is DEAD and on the dead-letter list.
 Repeated failures open a circuit breaker: while it is open (and for a job
 past its deadline) the worker only invalidates the tile, so the tile server
-renders on demand, and records DEGRADED.
+renders on demand, and records DEGRADED. A DEAD job's tile is invalidated too
+(the ledger's ``result`` and the dead letter say how), for the same reason.
+
+Invalidating is a ``DEL`` of the Redis tile cache key and/or an HTTP ``PURGE``
+(``TILEPIPE_RENDER_PURGE_URL``), always after the commit it follows; a PURGE
+that fails is counted and logged, never a failed job.
 """
 
 from __future__ import annotations
@@ -98,22 +103,102 @@ class CircuitBreaker:
                 self._open_until = self.clock() + self.cooldown_s
 
 
-class CacheInvalidator:
-    """Deletes a tile from a Redis tile cache; counts hits (it was cached) and misses."""
+class Purger:
+    """Sends ``PURGE`` for a tile to an HTTP cache (Varnish, nginx, a CDN) with a timeout.
 
-    def __init__(self, client: redis.Redis | None, key_template: str | None) -> None:
+    200 or 204 is a hit (the cache held the tile and dropped it), 404 a miss (it did not
+    hold it); anything else, a timeout or a refused connection is an error: counted and
+    logged (at most one warning per ``log_every_s``), never a failed job, since the tile
+    is already committed and the cache entry expires on its own.
+    """
+
+    def __init__(self, template: str, timeout_s: float = 5.0, log_every_s: float = 10.0) -> None:
+        self.template = template
+        self.timeout_s = timeout_s
+        self.log_every_s = log_every_s
+        self._lock = threading.Lock()
+        self._next_log = 0.0
+        self._unlogged = 0
+
+    def url(self, job: RenderJob) -> str:
+        return purge_url(self.template, job)
+
+    def purge(self, job: RenderJob) -> str:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.url(job), method="PURGE")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as r:
+                status = int(r.status)
+        except urllib.error.HTTPError as e:
+            status = int(e.code)
+            e.close()
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            self._error(job, f"{type(e).__name__}: {getattr(e, 'reason', e)}")
+            return "error"
+        if status in (200, 204):
+            return "hit"
+        if status == 404:
+            return "miss"
+        self._error(job, f"the cache answered {status}")
+        return "error"
+
+    def _error(self, job: RenderJob, reason: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_log:
+                self._unlogged += 1
+                return
+            self._next_log = now + self.log_every_s
+            unlogged, self._unlogged = self._unlogged, 0
+        more = f" ({unlogged} more purge errors since the last warning)" if unlogged else ""
+        log.warning("PURGE of %s failed: %s; the cached tile expires on its own%s",
+                    job.tile, reason, more)  # fmt: skip
+
+
+def purge_url(template: str, job: RenderJob) -> str:
+    """The purge URL template with ``{tms}``, ``{z}``, ``{x}``, ``{y}``, ``{version}`` filled in."""
+    return template.format(tms=job.tms, z=job.z, x=job.x, y=job.y, version=job.version)
+
+
+class CacheInvalidator:
+    """Drops a tile from the caches in front of the store: ``DEL`` of a Redis tile cache key
+    and/or ``PURGE`` to an HTTP cache. Each is counted: hit (it was cached), miss, or (for
+    PURGE) error. Thread-safe: the pool's workers share one."""
+
+    def __init__(
+        self, client: redis.Redis | None, key_template: str | None, purger: Purger | None = None
+    ) -> None:
         self.client = client
         self.key_template = key_template
+        self.purger = purger
         self.counts: Counter[str] = Counter()
+        self.purges: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
-    def invalidate(self, job: RenderJob) -> None:
-        if self.client is None or not self.key_template:
-            return
-        key = self.key_template.format(tms=job.tms, z=job.z, x=job.x, y=job.y)
-        hit = bool(self.client.delete(key))
-        result = "hit" if hit else "miss"
-        self.counts[result] += 1
-        metrics.CACHE_INVALIDATIONS.labels(result).inc()
+    @property
+    def configured(self) -> bool:
+        return (self.client is not None and bool(self.key_template)) or self.purger is not None
+
+    def invalidate(self, job: RenderJob) -> str | None:
+        """Invalidate ``job``'s tile everywhere configured; what happened, for the ledger
+        (``"cache hit, purge miss"``), or None if no cache is configured."""
+        done = []
+        if self.client is not None and self.key_template:
+            key = self.key_template.format(tms=job.tms, z=job.z, x=job.x, y=job.y)
+            result = "hit" if self.client.delete(key) else "miss"
+            with self._lock:
+                self.counts[result] += 1
+            metrics.CACHE_INVALIDATIONS.labels(result).inc()
+            done.append(f"cache {result}")
+        if self.purger is not None:
+            result = self.purger.purge(job)
+            with self._lock:
+                self.purges[result] += 1
+            metrics.PURGES.labels(result).inc()
+            done.append(f"purge {result}")
+        return ", ".join(done) or None
 
 
 @dataclass
@@ -263,12 +348,17 @@ class RenderWorker:
     def _failed(self, d: Delivery, attempt: int, error: str) -> str:
         log.info("%s: attempt %d of %s failed: %s", self.name, attempt, d.job.tile, error)
         if attempt >= self.config.max_attempts:
-            if not self.ledger.dead(d.job, attempt, self.name, error):
+            # The new data will not be rendered here: drop the old tile from the caches so
+            # the tile server renders it on demand, and record that with the job.
+            invalidated = self.invalidator.invalidate(d.job)
+            result = f"invalidated ({invalidated})" if invalidated else None
+            if not self.ledger.dead(d.job, attempt, self.name, error, result):
                 return "lost"  # reclaimed meanwhile: the queue entry is the other worker's
-            log.warning("%s: job %s is dead after %d attempts: %s",
-                        self.name, d.job.tile, attempt, error)  # fmt: skip
+            log.warning("%s: job %s is dead after %d attempts: %s; %s",
+                        self.name, d.job.tile, attempt, error,
+                        result or "no tile cache configured to invalidate")  # fmt: skip
             metrics.JOBS.labels("DEAD").inc()
-            self.queue.dead_letter(d, error, attempt)
+            self.queue.dead_letter(d, error, attempt, invalidated=invalidated)
             return "dead"
         if not self.ledger.failed(d.job, attempt, self.name, error):
             return "lost"

@@ -26,7 +26,15 @@ from render.queue import RenderQueue
 from render.renderers import BuiltinRenderer, CommandRenderer, RenderError
 from render.settings import RenderSettings
 from render.stores import DirectoryStore, MBTilesStore, TileStore, validate_tile
-from render.worker import Backoff, CacheInvalidator, CircuitBreaker, RenderWorker, WorkerConfig
+from render.worker import (
+    Backoff,
+    CacheInvalidator,
+    CircuitBreaker,
+    Purger,
+    RenderWorker,
+    WorkerConfig,
+)
+from tests.support.tileserver import TileServer
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +84,7 @@ def make_worker(
     renderer: object,
     name: str = "w1",
     breaker: CircuitBreaker | None = None,
+    purge_url: str | None = None,
     **config: object,
 ) -> RenderWorker:
     cfg = WorkerConfig(name=name, sla_s=1.0, poll_s=0.05, backoff=Backoff(0.01, 0.05))
@@ -88,7 +97,11 @@ def make_worker(
         renderer,  # type: ignore[arg-type]
         store,
         breaker or CircuitBreaker(100, 60),
-        CacheInvalidator(queue.client, "tilecache-test:{z}:{x}:{y}"),
+        CacheInvalidator(
+            queue.client,
+            "tilecache-test:{z}:{x}:{y}",
+            Purger(purge_url, timeout_s=2) if purge_url else None,
+        ),
     )
 
 
@@ -282,6 +295,66 @@ def test_a_failing_renderer_retries_with_backoff_then_the_job_is_dead(
     assert "upstream 503" in str(dead["error"])
     assert queue.depth() == 0
     assert worker.outcomes == {"retry": 2, "dead": 1}
+
+
+def test_purge_goes_out_after_the_commit_and_a_failing_cache_fails_no_job(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    store = DirectoryStore(tmp_path / "tiles")
+    seen: dict[str, tuple[bool, str | None]] = {}
+    observer = Ledger(dsn)
+
+    def on_purge(path: str) -> None:  # what a cache refetching at this moment would find
+        z, x, y = (int(p) for p in path.removesuffix(".png").strip("/").split("/"))
+        record = observer.get(RenderJob(TMS, z, x, y, 1).key)
+        seen[path] = (store.read(z, x, y) is not None, record.state.value if record else None)
+
+    a, b = RenderJob(TMS, 11, 1, 1, 1), RenderJob(TMS, 11, 2, 1, 1)
+    late = RenderJob(TMS, 11, 3, 1, 1, deadline_ms=int(time.time() * 1000) - 1)
+    with TileServer(cached={"/11/1/1.png"}, on_purge=on_purge) as server:
+        worker = make_worker(queue, dsn, store, CountingRenderer(),
+                             purge_url=server.url + "/{z}/{x}/{y}.png")  # fmt: skip
+        queue.enqueue([a, b, late])
+        drain(worker, lambda: queue.depth() == 0)
+        assert {r.path: r.status for r in server.sent("PURGE")} == {
+            "/11/1/1.png": 200, "/11/2/1.png": 404, "/11/3/1.png": 404,
+        }  # fmt: skip
+        # Sent after the commit: the tile was in the store and the ledger said COMPLETED.
+        assert seen["/11/1/1.png"] == seen["/11/2/1.png"] == (True, "COMPLETED")
+        assert seen["/11/3/1.png"] == (False, "IN_PROGRESS")  # degraded: invalidate-only
+        assert worker.ledger.get(late.key).state is JobState.DEGRADED  # type: ignore[union-attr]
+
+        server.purge_status = 503  # the cache breaks: jobs still complete
+        c = RenderJob(TMS, 11, 4, 1, 1)
+        queue.enqueue([c])
+        drain(worker, lambda: queue.depth() == 0)
+    rec = worker.ledger.get(c.key)
+    assert rec is not None and rec.state is JobState.COMPLETED
+    assert worker.invalidator.purges == {"hit": 1, "miss": 2, "error": 1}
+    assert worker.outcomes == {"completed": 3, "degraded": 1}
+    observer.close()
+
+
+def test_a_dead_job_still_invalidates_its_tile(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    renderer = CommandRenderer(["sh", "-c", "echo upstream 503 >&2; exit 1"])
+    queue.client.set("tilecache-test:9:5:7", b"stale tile")
+    with TileServer(cached={"/9/5/7.png"}) as server:
+        worker = make_worker(queue, dsn, DirectoryStore(tmp_path / "tiles"), renderer,
+                             purge_url=server.url + "/{z}/{x}/{y}.png", max_attempts=2)  # fmt: skip
+        job = RenderJob(TMS, 9, 5, 7, 1)
+        queue.enqueue([job])
+        drain(worker, lambda: bool(queue.dead_letters()))
+        # Only once, when it died: a failed attempt that will be retried invalidates nothing.
+        assert [(r.path, r.status) for r in server.sent("PURGE")] == [("/9/5/7.png", 200)]
+    assert queue.client.get("tilecache-test:9:5:7") is None  # the tile server renders on demand
+    record = worker.ledger.get(job.key)
+    assert record is not None and record.state is JobState.DEAD
+    assert record.result == "invalidated (cache hit, purge hit)"
+    (dead,) = queue.dead_letters()
+    assert dead["invalidated"] == "cache hit, purge hit"
+    assert worker.outcomes == {"retry": 1, "dead": 1}
 
 
 def test_a_failing_renderer_degrades_to_invalidate_only_then_recovers(

@@ -56,6 +56,7 @@ def grafana_to_promql(expr: str, rate_interval: str = "10s") -> str:
         .replace("$__interval", rate_interval)
         .replace('"$namespace"', '".*"')
         .replace('"$job"', '".*"')
+        .replace('"$render_job"', '".*"')
     )
 
 

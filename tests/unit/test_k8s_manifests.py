@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY, generate_latest
 import sources.kafka  # noqa: F401  (registers every metric the job exports)
 import tilepipe.metrics  # noqa: F401
 from dataflows.settings import Settings
+from render import metrics as render_metrics  # noqa: F401  (and every render worker metric)
 from tests.support import observability as obs
 
 K8S_VERSION = "1.30"
@@ -161,7 +162,12 @@ def test_dashboard_and_alerts_name_only_metrics_the_job_exports():
               "tilepipe_processing_latency_seconds_bucket", "tilepipe_watermark_lag_seconds",
               "tilepipe_kafka_consumer_lag", "tilepipe_tiles_tracked",
               "tilepipe_tile_updates_total", "tilepipe_render_triggers_total",
-              "tilepipe_broadcast_errors_total", "tilepipe_broadcast_retries_total"}  # fmt: skip
+              "tilepipe_broadcast_errors_total", "tilepipe_broadcast_retries_total",
+              "tilepipe_render_queue_depth", "tilepipe_render_dead_letters",
+              "tilepipe_render_jobs_total", "tilepipe_render_latency_seconds_bucket",
+              "tilepipe_render_degraded_total", "tilepipe_render_circuit_open",
+              "tilepipe_render_cache_invalidations_total",
+              "tilepipe_render_purges_total"}  # fmt: skip
     used = set().union(*(obs.metric_names(e) for _, e in queries))
     assert wanted <= used, wanted - used
 
@@ -175,7 +181,8 @@ def test_alert_rules_parse_and_fire_when_they_should(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     alerts = {a for a, _ in obs.rule_exprs()}
     assert {"TilepipeConsumerLagGrowing", "TilepipeDeadLetterSpike", "TilepipeEndToEndLatencyHigh",
-            "TilepipeNoOutput"} <= alerts  # fmt: skip
+            "TilepipeNoOutput", "TilepipeRenderQueueGrowing", "TilepipeRenderJobsDead",
+            "TilepipeRenderLatencyHigh"} <= alerts  # fmt: skip
     # Firing is what is tested here; the annotations' templates were checked above.
     bare = tmp_path / "bare.yml"
     bare.write_text(yaml.safe_dump({"groups": [
@@ -183,6 +190,8 @@ def test_alert_rules_parse_and_fire_when_they_should(tmp_path):
         for g in obs.rule_groups()
     ]}))  # fmt: skip
     lbl = 'namespace="maps", job="tilepipe-metrics"'
+    rlbl = 'namespace="maps", job="tilepipe-render"'
+    calm = 'namespace="calm", job="tilepipe-render"'  # a busy but healthy render deployment
     cases = {
         "rule_files": [str(bare)],
         "evaluation_interval": "1m",
@@ -222,6 +231,50 @@ def test_alert_rules_parse_and_fire_when_they_should(tmp_path):
                     {
                         "series": f'tilepipe_end_to_end_latency_seconds_bucket{{{lbl}, le="+Inf"}}',
                         "values": "0+60x40",
+                    },
+                    # render queue: two workers see 2,000 jobs growing by 100 a minute; the calm
+                    # deployment holds a steady 5,000
+                    *[
+                        {
+                            "series": f'tilepipe_render_queue_depth{{{rlbl}, instance="{i}"}}',
+                            "values": "2000+100x40",
+                        }
+                        for i in ("w0", "w1")
+                    ],
+                    {"series": f"tilepipe_render_queue_depth{{{calm}}}", "values": "5000x40"},
+                    # one job dies at minute 5, none after
+                    {
+                        "series": f'tilepipe_render_jobs_total{{{rlbl}, state="DEAD"}}',
+                        "values": "0x4 1x35",
+                    },
+                    {
+                        "series": f'tilepipe_render_jobs_total{{{calm}, state="DEAD"}}',
+                        "values": "0x40",
+                    },
+                    # every render takes 10-60 s; the calm deployment's take under 0.1 s
+                    {
+                        "series": f'tilepipe_render_latency_seconds_bucket{{{rlbl}, le="10.0"}}',
+                        "values": "0x40",
+                    },
+                    {
+                        "series": f'tilepipe_render_latency_seconds_bucket{{{rlbl}, le="60.0"}}',
+                        "values": "0+60x40",
+                    },
+                    {
+                        "series": f'tilepipe_render_latency_seconds_bucket{{{rlbl}, le="+Inf"}}',
+                        "values": "0+60x40",
+                    },
+                    {
+                        "series": f'tilepipe_render_latency_seconds_bucket{{{calm}, le="0.1"}}',
+                        "values": "0+600x40",
+                    },
+                    {
+                        "series": f'tilepipe_render_latency_seconds_bucket{{{calm}, le="10.0"}}',
+                        "values": "0+600x40",
+                    },
+                    {
+                        "series": f'tilepipe_render_latency_seconds_bucket{{{calm}, le="+Inf"}}',
+                        "values": "0+600x40",
                     },
                 ],
                 "alert_rule_test": [
@@ -283,6 +336,45 @@ def test_alert_rules_parse_and_fire_when_they_should(tmp_path):
                         "alertname": "TilepipeConsumerLagGrowing",
                         "exp_alerts": [],
                     },  # not for 15 minutes yet
+                    *[
+                        {
+                            "eval_time": "30m",
+                            "alertname": alert,
+                            "exp_alerts": [
+                                {
+                                    "exp_labels": {
+                                        "severity": "warning",
+                                        "namespace": "maps",
+                                        "job": "tilepipe-render",
+                                    }
+                                }
+                            ],
+                        }
+                        for alert in ("TilepipeRenderQueueGrowing", "TilepipeRenderLatencyHigh")
+                    ],
+                    {
+                        "eval_time": "10m",
+                        "alertname": "TilepipeRenderQueueGrowing",
+                        "exp_alerts": [],
+                    },  # growing, but not for 15 minutes yet
+                    {
+                        "eval_time": "8m",
+                        "alertname": "TilepipeRenderJobsDead",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "namespace": "maps",
+                                    "job": "tilepipe-render",
+                                }
+                            }
+                        ],
+                    },  # at once: no "for"
+                    {
+                        "eval_time": "30m",
+                        "alertname": "TilepipeRenderJobsDead",
+                        "exp_alerts": [],
+                    },  # none died in the last 10 minutes
                 ],
             }
         ],
