@@ -42,6 +42,10 @@ class RenderConfigError(Exception):
     """A setting or service the user must fix before workers can start."""
 
 
+class WorkerDied(RuntimeError):
+    """A worker thread ended on an error it could not handle; the process should restart."""
+
+
 class RenderPool:
     def __init__(
         self,
@@ -153,9 +157,20 @@ class RenderPool:
         if self.settings.metrics_port is not None:
             self.serve_metrics()
         self.workers = [self._worker(i) for i in range(self.settings.workers)]
+        died: list[str] = []
+
+        def run(w: RenderWorker) -> None:
+            try:
+                w.run(stop)
+            except BaseException:
+                # A worker must not vanish quietly: say why, and stop the others so the
+                # process exits non-zero and is restarted.
+                log.exception("%s: render worker died; stopping the pool", w.name)
+                died.append(w.name)
+                stop.set()
+
         threads = [
-            threading.Thread(target=w.run, args=(stop,), name=w.name, daemon=True)
-            for w in self.workers
+            threading.Thread(target=run, args=(w,), name=w.name, daemon=True) for w in self.workers
         ]
         log.info(
             "render workers started: %d threads as %s, renderer %s, store %s",
@@ -177,4 +192,6 @@ class RenderPool:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         log.info("render workers stopped: %s", dict(totals))
+        if died:
+            raise WorkerDied(f"render worker(s) {', '.join(died)} died; see the log above")
         return totals

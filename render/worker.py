@@ -258,6 +258,16 @@ class RenderWorker:
                 if isinstance(e, psycopg.OperationalError) and self.ledger.conn.closed:
                     self._reconnect_ledger()
                 stop.wait(min(5.0, 0.1 * 2**failures))
+            except redis.ResponseError as e:
+                # The stream or its group went away under us (a FLUSHDB, a DEL, a Redis
+                # restarted empty): a blocked read ends with UNBLOCKED, the next one with
+                # NOGROUP. Make them again and carry on; jobs in the ledger are not lost.
+                if "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
+                    raise
+                failures += 1
+                log.warning("%s: render queue missing (%s); creating it again", self.name, e)
+                self.queue.ensure_group()
+                stop.wait(min(5.0, 0.1 * 2**failures))
 
     def step(self) -> int:
         """Reclaim or read at most one job and process it; how many were processed."""

@@ -291,7 +291,13 @@ def render_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    pool.run(stop)
+    from render.pool import WorkerDied
+
+    try:
+        pool.run(stop)
+    except WorkerDied as e:
+        print(f"tilepipe render-worker: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

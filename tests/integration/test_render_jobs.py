@@ -422,3 +422,26 @@ def test_a_pool_of_threads_drains_the_queue_into_mbtiles(
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM render_tiles").fetchone() == (60,)
     ledger.close()
+
+
+def test_a_worker_survives_its_stream_being_deleted(
+    queue: RenderQueue, dsn: str, tmp_path: Path
+) -> None:
+    """A FLUSHDB or a Redis restarted empty takes the stream and group: carry on, not die."""
+    store = DirectoryStore(tmp_path / "tiles")
+    worker = make_worker(queue, dsn, store, CountingRenderer())
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)  # blocked in XREADGROUP
+        queue.client.delete(queue.stream)  # the blocked read ends with UNBLOCKED
+        time.sleep(0.5)
+        assert thread.is_alive(), "the worker thread died with the stream"
+        job = RenderJob(TMS, 12, 2201, 1343, 1, hash="h-after-flush")
+        worker.ledger.queued([job])
+        assert queue.enqueue([job]) == [True]
+        _wait(lambda: store.read(12, 2201, 1343) is not None, 20, "the job after the flush")
+    finally:
+        stop.set()
+        thread.join(10)
