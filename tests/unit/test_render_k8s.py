@@ -71,3 +71,12 @@ def test_keda_scales_the_deployment_on_the_queue_the_workers_read() -> None:
     assert trigger["metadata"]["stream"] == queue.stream
     assert trigger["metadata"]["consumerGroup"] == RenderQueue.GROUP
     assert "streamLength" in trigger["metadata"]  # entries are deleted when acknowledged
+
+
+def test_podmonitor_scrapes_the_workers_metrics_port() -> None:
+    monitor = load("podmonitor.yaml")
+    pod = load("deployment.yaml")["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    [container] = pod["spec"]["containers"]
+    assert endpoint["port"] in {p["name"] for p in container["ports"]}
