@@ -243,16 +243,26 @@ def main(argv: list[str] | None = None) -> int:
 def load_settings(args: argparse.Namespace) -> Any:
     from dataflows.settings import Settings
 
-    overrides = {k: getattr(args, k) for k in _SETTING_FLAGS if getattr(args, k, None) is not None}
+    return settings_from_flags(Settings, args, _SETTING_FLAGS, "TILEPIPE_")
+
+
+def settings_from_flags(
+    cls: Any, args: argparse.Namespace, flags: tuple[str, ...], env_prefix: str
+) -> Any:
+    """``cls`` (pydantic-settings) from the environment with the given flags on top.
+
+    A bad value is one line naming the setting, its flag and its variable.
+    """
+    overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         msg = first["msg"].removeprefix("Value error, ")
         raise UserError(
             f"invalid setting {where}: {msg} (flag --{where.replace('_', '-')}"
-            f" or TILEPIPE_{where.upper()})"
+            f" or {env_prefix}{where.upper()})"
         ) from None
 
 
@@ -263,17 +273,7 @@ def render_worker(args: argparse.Namespace) -> int:
 
     flags = ("redis", "ledger", "renderer", "store", "workers", "sla", "broadcast",
              "metrics_port", "log_level")  # fmt: skip
-    overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
-    try:
-        settings = RenderSettings(**overrides)
-    except ValidationError as e:
-        first = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        raise UserError(
-            f"invalid setting {where}: {msg} (flag --{where.replace('_', '-')}"
-            f" or TILEPIPE_RENDER_{where.upper()})"
-        ) from None
+    settings = settings_from_flags(RenderSettings, args, flags, "TILEPIPE_RENDER_")
     setup_logging(settings.log_level)
     try:
         pool = RenderPool(settings)
