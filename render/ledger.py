@@ -179,11 +179,7 @@ class Ledger:
         If ``commit_tile`` raises, nothing is recorded and the error propagates.
         """
         with self.conn.transaction():
-            row = self.conn.execute(
-                "SELECT state, attempts FROM render_jobs WHERE job_key = %s FOR UPDATE",
-                (job.key,),
-            ).fetchone()
-            if row is None or row[0] != JobState.IN_PROGRESS.value or row[1] != attempt:
+            if not self._lock_if_owned(job, attempt):
                 return None
             newer = self.conn.execute(
                 "INSERT INTO render_tiles AS t (tms, z, x, y, vkey, version, job_key)"
@@ -260,14 +256,20 @@ class Ledger:
         result: str | None,
     ) -> bool:
         with self.conn.transaction():
-            row = self.conn.execute(
-                "SELECT state, attempts FROM render_jobs WHERE job_key = %s FOR UPDATE",
-                (job.key,),
-            ).fetchone()
-            if row is None or row[0] != JobState.IN_PROGRESS.value or row[1] != attempt:
+            if not self._lock_if_owned(job, attempt):
                 return False
             self._finish(job.key, state, attempt, worker, error, result)
             return True
+
+    def _lock_if_owned(self, job: RenderJob, attempt: int) -> bool:
+        """In a transaction: lock the job's row; whether ``attempt`` still owns the job.
+
+        A worker that stalled past its SLA finds its attempt superseded by the reclaim.
+        """
+        row = self.conn.execute(
+            "SELECT state, attempts FROM render_jobs WHERE job_key = %s FOR UPDATE", (job.key,)
+        ).fetchone()
+        return row is not None and row[0] == JobState.IN_PROGRESS.value and row[1] == attempt
 
     def _finish(
         self,
