@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 import orjson
 import psycopg
 import redis
+from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from shapely.geometry import box
 from starlette.requests import Request
@@ -74,6 +75,17 @@ class JobsAPI:
         cover_deadline_s: float = 2.0,
     ) -> None:
         self.dsn = ledger_dsn
+        # A few pooled connections, checked on checkout, instead of one connection (and a
+        # PostgreSQL backend start) per request; opened by prepare().
+        self._pool = ConnectionPool(
+            ledger_dsn,
+            min_size=1,
+            max_size=8,
+            kwargs={"autocommit": True, "connect_timeout": 5},
+            timeout=5,
+            check=ConnectionPool.check_connection,
+            open=False,
+        )
         self.client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.queue = RenderQueue(self.client, prefix)
         self.max_tiles = max_tiles
@@ -85,6 +97,7 @@ class JobsAPI:
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
             regions.create_schema(conn)
         self.queue.ensure_group()
+        self._pool.open()
 
     # -- blocking work, run in a thread ---------------------------------------------
 
@@ -105,21 +118,22 @@ class JobsAPI:
             idempotency_key=body.idempotency_key,
             deadline_ms=deadline,
         )
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+        with self._pool.connection() as conn:
             region_id, created = regions.submit(conn, self.queue, req)
             doc = regions.status(conn, region_id)
         assert doc is not None
         return doc, created
 
     def status(self, region_id: str) -> dict[str, Any] | None:
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+        with self._pool.connection() as conn:
             return regions.status(conn, region_id)
 
     def list(self, state: str | None) -> list[dict[str, Any]]:
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+        with self._pool.connection() as conn:
             return regions.list_jobs(conn, state)
 
     def close(self) -> None:
+        self._pool.close()
         self.client.close()
 
 
