@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,7 @@ import pytest
 from shapely.geometry import box
 
 from operators.cover import cover_range
-from render.ledger import Ledger
 from render.pool import RenderPool
-from render.regions import create_schema
 from render.settings import RenderSettings
 from render.stores import DirectoryStore
 from tests.support.ingress import IngressProcess
@@ -32,18 +29,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = b"jobs-s3cret"
 BBOX = [13.38, 52.50, 13.42, 52.53]
-
-
-@pytest.fixture
-def dsn(postgres_dsn: str) -> Iterator[str]:
-    ledger = Ledger(postgres_dsn)
-    create_schema(ledger.conn)
-    ledger.conn.execute(
-        "TRUNCATE render_jobs, render_job_history, render_tiles, render_regions,"
-        " render_region_tiles"
-    )
-    ledger.close()
-    yield postgres_dsn
 
 
 def call(
@@ -62,11 +47,11 @@ def call(
 
 
 def test_a_region_job_reports_progress_and_finishes(
-    kafka, redis_url: str, dsn: str, tmp_path: Path
+    kafka, redis_url: str, ledger_dsn: str, tmp_path: Path
 ) -> None:
     prefix = f"tp-{uuid.uuid4().hex[:8]}"
     channel = f"{prefix}:tile_updated"
-    env = {"TILEPIPE_RENDER_LEDGER": dsn, "TILEPIPE_RENDER_REDIS": redis_url,
+    env = {"TILEPIPE_RENDER_LEDGER": ledger_dsn, "TILEPIPE_RENDER_REDIS": redis_url,
            "TILEPIPE_RENDER_PREFIX": prefix, "TILEPIPE_INGRESS_JOBS_MAX_TILES": "200"}  # fmt: skip
     expected = cover_range(box(*BBOX), 12, 15)
     assert expected.method == "exact" and 10 < len(expected.tiles) < 200
@@ -93,7 +78,7 @@ def test_a_region_job_reports_progress_and_finishes(
         assert call(base, "GET", "/v1/jobs/rj_nope")[0] == 404
 
         settings = RenderSettings(
-            redis=redis_url, prefix=prefix, ledger=dsn, store=f"dir:{tmp_path / 'tiles'}",
+            redis=redis_url, prefix=prefix, ledger=ledger_dsn, store=f"dir:{tmp_path / 'tiles'}",
             workers=2, poll="100ms", delay="30ms", broadcast=f"{redis_url}?channel={channel}",
         )  # fmt: skip
         pool = RenderPool(settings)

@@ -42,16 +42,6 @@ TMS = "WebMercatorQuad"
 
 
 @pytest.fixture
-def dsn(postgres_dsn: str) -> Iterator[str]:
-    """The session database with the ledger's tables, emptied for this test."""
-    ledger = Ledger(postgres_dsn)
-    ledger.create_schema()
-    ledger.conn.execute("TRUNCATE render_jobs, render_job_history, render_tiles")
-    ledger.close()
-    yield postgres_dsn
-
-
-@pytest.fixture
 def queue(redis_url: str) -> Iterator[RenderQueue]:
     client = redis.Redis.from_url(redis_url)
     q = RenderQueue(client, prefix=f"tilepipe-test-{uuid.uuid4().hex[:8]}")
@@ -79,7 +69,7 @@ class CountingRenderer(BuiltinRenderer):
 
 def make_worker(
     queue: RenderQueue,
-    dsn: str,
+    ledger_dsn: str,
     store: TileStore,
     renderer: object,
     name: str = "w1",
@@ -93,7 +83,7 @@ def make_worker(
     return RenderWorker(
         cfg,
         queue,
-        Ledger(dsn),
+        Ledger(ledger_dsn),
         renderer,  # type: ignore[arg-type]
         store,
         breaker or CircuitBreaker(100, 60),
@@ -116,10 +106,12 @@ def completed_once(ledger: Ledger, key: str) -> bool:
     return [h[0] for h in ledger.history(key)].count("COMPLETED") == 1
 
 
-def test_duplicate_triggers_render_once(queue: RenderQueue, dsn: str, tmp_path: Path) -> None:
+def test_duplicate_triggers_render_once(
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
+) -> None:
     store = DirectoryStore(tmp_path / "tiles")
     renderer = CountingRenderer()
-    worker = make_worker(queue, dsn, store, renderer)
+    worker = make_worker(queue, ledger_dsn, store, renderer)
     job = RenderJob(TMS, 14, 8805, 5376, 34, hash="77a8a0d93d78aa13")
     same = RenderJob(TMS, 14, 8805, 5376, "34.0", hash="77a8a0d93d78aa13")
     worker.ledger.queued([job])
@@ -149,10 +141,10 @@ def test_duplicate_triggers_render_once(queue: RenderQueue, dsn: str, tmp_path: 
 
 
 def test_an_older_version_never_overwrites_a_newer_tile(
-    queue: RenderQueue, dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
 ) -> None:
     store = DirectoryStore(tmp_path / "tiles")
-    worker = make_worker(queue, dsn, store, CountingRenderer())
+    worker = make_worker(queue, ledger_dsn, store, CountingRenderer())
     new, old = RenderJob(TMS, 5, 1, 2, "2.1"), RenderJob(TMS, 5, 1, 2, "2")
     queue.enqueue([new])
     drain(worker, lambda: queue.depth() == 0)
@@ -173,7 +165,7 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_worker_killed_mid_job_leaves_no_partial_tile_and_the_job_completes_once(
-    queue: RenderQueue, dsn: str, redis_url: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, redis_url: str, tmp_path: Path
 ) -> None:
     """A real `tilepipe render-worker` process is killed (SIGKILL) while it renders."""
     tiles = tmp_path / "tiles"
@@ -181,7 +173,7 @@ def test_worker_killed_mid_job_leaves_no_partial_tile_and_the_job_completes_once
         **os.environ,
         "TILEPIPE_RENDER_REDIS": redis_url,
         "TILEPIPE_RENDER_PREFIX": queue.stream.split(":render:")[0],
-        "TILEPIPE_RENDER_LEDGER": dsn,
+        "TILEPIPE_RENDER_LEDGER": ledger_dsn,
         "TILEPIPE_RENDER_STORE": f"dir:{tiles}",
         "TILEPIPE_RENDER_DELAY": "60s",  # the render the kill interrupts
         "TILEPIPE_RENDER_WORKERS": "1",
@@ -194,7 +186,7 @@ def test_worker_killed_mid_job_leaves_no_partial_tile_and_the_job_completes_once
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    ledger = Ledger(dsn)
+    ledger = Ledger(ledger_dsn)
     job = RenderJob(TMS, 10, 550, 335, 7)
     try:
         queue.enqueue([job])
@@ -221,7 +213,7 @@ def test_worker_killed_mid_job_leaves_no_partial_tile_and_the_job_completes_once
     assert record is not None and record.state is JobState.IN_PROGRESS
     assert record.worker == "doomed-0" and record.attempts == 1
 
-    rescuer = make_worker(queue, dsn, store, CountingRenderer(), name="rescuer", sla_s=0.5)
+    rescuer = make_worker(queue, ledger_dsn, store, CountingRenderer(), name="rescuer", sla_s=0.5)
     drain(rescuer, lambda: queue.depth() == 0)
     record = ledger.get(job.key)
     assert record is not None and record.state is JobState.COMPLETED
@@ -253,18 +245,20 @@ class GatedRenderer(BuiltinRenderer):
 
 
 def test_a_stalled_worker_that_wakes_up_after_a_reclaim_cannot_commit(
-    queue: RenderQueue, dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
 ) -> None:
     store = MBTilesStore(tmp_path / "tiles.mbtiles")
     job = RenderJob(TMS, 8, 10, 20, 3)
     queue.enqueue([job])
     gated = GatedRenderer()
-    slow = make_worker(queue, dsn, MBTilesStore(tmp_path / "tiles.mbtiles"), gated, name="slow")
+    slow = make_worker(
+        queue, ledger_dsn, MBTilesStore(tmp_path / "tiles.mbtiles"), gated, name="slow"
+    )
     t = threading.Thread(target=slow.step)
     t.start()
     try:
         assert gated.entered.wait(10)
-        fast = make_worker(queue, dsn, store, CountingRenderer(), name="fast", sla_s=0.3)
+        fast = make_worker(queue, ledger_dsn, store, CountingRenderer(), name="fast", sla_s=0.3)
         drain(fast, lambda: fast.outcomes["completed"] == 1)
     finally:
         gated.gate.set()
@@ -277,10 +271,12 @@ def test_a_stalled_worker_that_wakes_up_after_a_reclaim_cannot_commit(
 
 
 def test_a_failing_renderer_retries_with_backoff_then_the_job_is_dead(
-    queue: RenderQueue, dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
 ) -> None:
     renderer = CommandRenderer(["sh", "-c", "echo upstream 503 for {z}/{x}/{y} >&2; exit 1"])
-    worker = make_worker(queue, dsn, DirectoryStore(tmp_path / "tiles"), renderer, max_attempts=3)
+    worker = make_worker(
+        queue, ledger_dsn, DirectoryStore(tmp_path / "tiles"), renderer, max_attempts=3
+    )
     job = RenderJob(TMS, 3, 4, 2, 1)
     queue.enqueue([job])
     drain(worker, lambda: bool(queue.dead_letters()))
@@ -298,11 +294,11 @@ def test_a_failing_renderer_retries_with_backoff_then_the_job_is_dead(
 
 
 def test_purge_goes_out_after_the_commit_and_a_failing_cache_fails_no_job(
-    queue: RenderQueue, dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
 ) -> None:
     store = DirectoryStore(tmp_path / "tiles")
     seen: dict[str, tuple[bool, str | None]] = {}
-    observer = Ledger(dsn)
+    observer = Ledger(ledger_dsn)
 
     def on_purge(path: str) -> None:  # what a cache refetching at this moment would find
         z, x, y = (int(p) for p in path.removesuffix(".png").strip("/").split("/"))
@@ -312,7 +308,7 @@ def test_purge_goes_out_after_the_commit_and_a_failing_cache_fails_no_job(
     a, b = RenderJob(TMS, 11, 1, 1, 1), RenderJob(TMS, 11, 2, 1, 1)
     late = RenderJob(TMS, 11, 3, 1, 1, deadline_ms=int(time.time() * 1000) - 1)
     with TileServer(cached={"/11/1/1.png"}, on_purge=on_purge) as server:
-        worker = make_worker(queue, dsn, store, CountingRenderer(),
+        worker = make_worker(queue, ledger_dsn, store, CountingRenderer(),
                              purge_url=server.url + "/{z}/{x}/{y}.png")  # fmt: skip
         queue.enqueue([a, b, late])
         drain(worker, lambda: queue.depth() == 0)
@@ -336,12 +332,12 @@ def test_purge_goes_out_after_the_commit_and_a_failing_cache_fails_no_job(
 
 
 def test_a_dead_job_still_invalidates_its_tile(
-    queue: RenderQueue, dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
 ) -> None:
     renderer = CommandRenderer(["sh", "-c", "echo upstream 503 >&2; exit 1"])
     queue.client.set("tilecache-test:9:5:7", b"stale tile")
     with TileServer(cached={"/9/5/7.png"}) as server:
-        worker = make_worker(queue, dsn, DirectoryStore(tmp_path / "tiles"), renderer,
+        worker = make_worker(queue, ledger_dsn, DirectoryStore(tmp_path / "tiles"), renderer,
                              purge_url=server.url + "/{z}/{x}/{y}.png", max_attempts=2)  # fmt: skip
         job = RenderJob(TMS, 9, 5, 7, 1)
         queue.enqueue([job])
@@ -358,13 +354,13 @@ def test_a_dead_job_still_invalidates_its_tile(
 
 
 def test_a_failing_renderer_degrades_to_invalidate_only_then_recovers(
-    queue: RenderQueue, dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
 ) -> None:
     store = DirectoryStore(tmp_path / "tiles")
     renderer = CountingRenderer(fail_first=2)
     now = [0.0]
     breaker = CircuitBreaker(threshold=2, cooldown_s=30, clock=lambda: now[0])
-    worker = make_worker(queue, dsn, store, renderer, breaker=breaker, max_attempts=5)
+    worker = make_worker(queue, ledger_dsn, store, renderer, breaker=breaker, max_attempts=5)
     a, b, c, d = (RenderJob(TMS, 6, i, 9, 1) for i in range(4))
     queue.client.set("tilecache-test:6:0:9", b"stale")
     queue.enqueue([a, b])
@@ -393,12 +389,12 @@ def test_a_failing_renderer_degrades_to_invalidate_only_then_recovers(
 
 
 def test_a_pool_of_threads_drains_the_queue_into_mbtiles(
-    queue: RenderQueue, dsn: str, redis_url: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, redis_url: str, tmp_path: Path
 ) -> None:
     settings = RenderSettings(
         redis=redis_url,
         prefix=queue.stream.split(":render:")[0],
-        ledger=dsn,
+        ledger=ledger_dsn,
         store=f"mbtiles:{tmp_path / 'tiles.mbtiles'}",
         workers=4,
         poll="100ms",
@@ -409,7 +405,7 @@ def test_a_pool_of_threads_drains_the_queue_into_mbtiles(
     stop = threading.Event()
     t = threading.Thread(target=lambda: setattr(pool, "totals", pool.run(stop)))
     t.start()
-    ledger = Ledger(dsn)
+    ledger = Ledger(ledger_dsn)
     try:
         _wait(lambda: ledger.counts()["COMPLETED"] == 60, 30, "60 completed jobs")
     finally:
@@ -419,17 +415,17 @@ def test_a_pool_of_threads_drains_the_queue_into_mbtiles(
     store = MBTilesStore(tmp_path / "tiles.mbtiles")
     assert store.db.execute("SELECT count(*) FROM tiles").fetchone() == (60,)
     assert queue.depth() == 0
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(ledger_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM render_tiles").fetchone() == (60,)
     ledger.close()
 
 
 def test_a_worker_survives_its_stream_being_deleted(
-    queue: RenderQueue, dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
 ) -> None:
     """A FLUSHDB or a Redis restarted empty takes the stream and group: carry on, not die."""
     store = DirectoryStore(tmp_path / "tiles")
-    worker = make_worker(queue, dsn, store, CountingRenderer())
+    worker = make_worker(queue, ledger_dsn, store, CountingRenderer())
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()

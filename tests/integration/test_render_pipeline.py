@@ -18,14 +18,12 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from operators.cover import cover_range
-from render.ledger import Ledger
 from tests.integration.test_dataflow import counts, run_to_end
 from tests.support.services import free_port
 from tilepipe.geometry import from_geojson
@@ -35,15 +33,6 @@ pytestmark = pytest.mark.integration
 SQUARE = {"type": "Polygon", "coordinates": [[
     [13.40, 52.51], [13.41, 52.51], [13.41, 52.52], [13.40, 52.52], [13.40, 52.51],
 ]]}  # fmt: skip
-
-
-@pytest.fixture
-def dsn(postgres_dsn: str) -> Iterator[str]:
-    ledger = Ledger(postgres_dsn)
-    ledger.create_schema()
-    ledger.conn.execute("TRUNCATE render_jobs, render_job_history, render_tiles")
-    ledger.close()
-    yield postgres_dsn
 
 
 class StoreCheckingSubscriber(threading.Thread):
@@ -93,7 +82,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def test_a_tile_and_a_feature_event_are_rendered_then_broadcast(
-    kafka, redis_url: str, dsn: str, tmp_path: Path
+    kafka, redis_url: str, ledger_dsn: str, tmp_path: Path
 ) -> None:
     prefix = f"tp-{uuid.uuid4().hex[:8]}"
     channel = f"{prefix}:tile_updated"
@@ -111,7 +100,7 @@ def test_a_tile_and_a_feature_event_are_rendered_then_broadcast(
     assert 2 < len(expected) < 40
 
     port = free_port()
-    env = {**os.environ, "TILEPIPE_RENDER_LEDGER": dsn, "TILEPIPE_RENDER_POLL": "100ms"}
+    env = {**os.environ, "TILEPIPE_RENDER_LEDGER": ledger_dsn, "TILEPIPE_RENDER_POLL": "100ms"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "tilepipe", "render-worker", "--redis", redis_url,
          "--store", f"dir:{tiles}", "--workers", "2", "--metrics-port", str(port),

@@ -782,3 +782,20 @@ def postgres_dsn() -> Iterator[str]:
     """DSN of a PostgreSQL database created for this test session and dropped after it."""
     with throwaway_database() as dsn:
         yield dsn
+
+
+@pytest.fixture
+def ledger_dsn(postgres_dsn: str) -> Iterator[str]:
+    """The session database with the render ledger's tables, emptied for this test."""
+    from render.ledger import Ledger
+    from render.regions import create_schema
+
+    ledger = Ledger(postgres_dsn)
+    ledger.create_schema()
+    create_schema(ledger.conn)
+    ledger.conn.execute(
+        "TRUNCATE render_jobs, render_job_history, render_tiles, render_regions,"
+        " render_region_tiles"
+    )
+    ledger.close()
+    yield postgres_dsn
