@@ -71,8 +71,12 @@ def consume_rate(brokers: str, topic: str, partitions: list[int], n: int) -> flo
     got = 0
     try:
         # The first fetch includes connection set-up: start the clock at the first message.
-        while not (first := [m for m in consumer.consume(1000, 1.0) if m.error() is None]):
-            pass
+        first: list = []
+        deadline = time.monotonic() + 30
+        while not first:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no message on {topic} within 30 s; was it pre-loaded?")
+            first = [m for m in consumer.consume(1000, 1.0) if m.error() is None]
         got = len(first)
         t0 = time.perf_counter()
         while got < n:

@@ -121,7 +121,7 @@ class DirectoryStore:
         return sorted(self.staging.iterdir())
 
     def close(self) -> None:
-        pass
+        """Nothing held open: each stage and commit opens and closes its own files."""
 
 
 def _fsync_dir(path: Path) -> None:
