@@ -204,10 +204,23 @@ class CacheInvalidator:
 @dataclass
 class WorkerConfig:
     name: str
-    sla_s: float = 60.0
+    sla_s: float = 120.0
     max_attempts: int = 5
     backoff: Backoff = field(default_factory=Backoff)
     poll_s: float = 1.0
+    retention_s: float = 30 * 86400.0
+    """Ledger history and finished jobs older than this are deleted (the sweep)."""
+
+    @property
+    def stalled_s(self) -> float:
+        """An IN_PROGRESS job not restarted for this long has lost its queue entry: each
+        reclaim (after one SLA) restarts it, so three SLAs means no entry is left."""
+        return 3 * self.sla_s
+
+    @property
+    def failed_s(self) -> float:
+        """A FAILED job waits at most the longest back-off in the retry set."""
+        return self.backoff.max_s + 3 * self.sla_s
 
 
 class RenderWorker:
@@ -239,6 +252,7 @@ class RenderWorker:
         self.on_committed = on_committed
         self.outcomes: Counter[str] = Counter()
         self._next_maintenance = 0.0
+        self._next_sweep = 0.0
 
     @property
     def name(self) -> str:
@@ -276,6 +290,9 @@ class RenderWorker:
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.config.poll_s
             self.queue.promote_due()
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.config.sla_s
+                self.sweep()
             deliveries = self.queue.reclaim(self.name, int(self.config.sla_s * 1000), count=1)
             for d in deliveries:
                 log.warning("%s: reclaimed stalled job %s (%s)", self.name, d.job.key, d.job.tile)
@@ -286,6 +303,16 @@ class RenderWorker:
         for d in deliveries:
             self.process(d)
         return len(deliveries)
+
+    def sweep(self) -> int:
+        """Enqueue again jobs whose queue entry was lost, and apply the ledger's retention
+        (see :meth:`Ledger.sweep` and :meth:`Ledger.trim`); how many were enqueued again."""
+        n = self.ledger.sweep(self.config.stalled_s, self.config.failed_s, self.queue.requeue)
+        if n:
+            log.warning("%s: %d job(s) had no queue entry left and were enqueued again",
+                        self.name, n)  # fmt: skip
+        self.ledger.trim(self.config.retention_s)
+        return n
 
     def process(self, d: Delivery) -> str:
         """Run one delivery to its outcome; returns it (also counted in ``outcomes``)."""
@@ -313,34 +340,39 @@ class RenderWorker:
             self.breaker.failure()
             return self._failed(d, attempt, f"render: {type(e).__name__}: {e}")
         self.breaker.success()
+        commit = None
         try:
-            result = self.ledger.commit(job, attempt, self.name, lambda: self.store.commit(staged))
+            commit = self.ledger.commit(job, attempt, self.name, lambda: self.store.commit(staged))
         except psycopg.OperationalError:
             raise  # the ledger is down: leave the job pending, it is reclaimed later
         except Exception as e:
-            self.store.discard(staged)
             return self._failed(d, attempt, f"commit: {type(e).__name__}: {e}")
-        if result is None:  # reclaimed by another worker meanwhile: theirs to finish
-            self.store.discard(staged)
-            self.queue.ack(d)
+        finally:
+            if commit is None or not commit.committed:
+                self.store.discard(staged)  # superseded, covered, lost or failed: not stored
+        if commit is None:  # reclaimed by another worker meanwhile: theirs to finish
+            self.queue.ack(d)  # only if this worker still owns the entry (see RenderQueue.ack)
             return "lost"
         took = time.perf_counter() - started
         metrics.JOBS.labels("COMPLETED").inc()
         metrics.RENDER_LATENCY.labels(str(job.z)).observe(took)
-        log.debug("%s: %s committed in %.3f s", self.name, job.tile, took)
-        self.invalidator.invalidate(job)
-        if self.on_committed is not None and not result.startswith("superseded"):
-            self.on_committed(job, result)
+        log.debug("%s: %s %s in %.3f s", self.name, job.tile, commit.result, took)
+        if commit.committed:
+            self.invalidator.invalidate(job)
+        if self.on_committed is not None and not commit.result.startswith("superseded"):
+            self.on_committed(job, commit.result)
         self.queue.ack(d)
         return "completed"
 
     def _degrade(self, d: Delivery, attempt: int, reason: str, code: str) -> str:
-        self.invalidator.invalidate(d.job)
-        if self.ledger.degraded(d.job, attempt, self.name, reason):
-            metrics.JOBS.labels("DEGRADED").inc()
-            metrics.DEGRADED.labels(code).inc()
-            if self.on_committed is not None:  # the tile server renders the new data on demand
-                self.on_committed(d.job, "invalidated")
+        self.invalidator.invalidate(d.job)  # first: a crash before the record repeats it
+        if not self.ledger.degraded(d.job, attempt, self.name, reason):
+            self.queue.ack(d)  # reclaimed meanwhile: a no-op unless this worker owns the entry
+            return "lost"
+        metrics.JOBS.labels("DEGRADED").inc()
+        metrics.DEGRADED.labels(code).inc()
+        if self.on_committed is not None:  # the tile server renders the new data on demand
+            self.on_committed(d.job, "invalidated")
         self.queue.ack(d)
         return "degraded"
 
@@ -363,7 +395,8 @@ class RenderWorker:
             invalidated = self.invalidator.invalidate(d.job)
             result = f"invalidated ({invalidated})" if invalidated else None
             if not self.ledger.dead(d.job, attempt, self.name, error, result):
-                return "lost"  # reclaimed meanwhile: the queue entry is the other worker's
+                self.queue.ack(d)  # reclaimed meanwhile: a no-op unless this worker owns it
+                return "lost"
             log.warning("%s: job %s is dead after %d attempts: %s; %s",
                         self.name, d.job.tile, attempt, error,
                         result or "no tile cache configured to invalidate")  # fmt: skip
@@ -371,6 +404,7 @@ class RenderWorker:
             self.queue.dead_letter(d, error, attempt, invalidated=invalidated)
             return "dead"
         if not self.ledger.failed(d.job, attempt, self.name, error):
+            self.queue.ack(d)
             return "lost"
         metrics.JOBS.labels("FAILED").inc()
         self.queue.retry_later(d, self.config.backoff.delay(attempt))
