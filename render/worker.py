@@ -103,6 +103,27 @@ class CircuitBreaker:
                 self._open_until = self.clock() + self.cooldown_s
 
 
+class ThrottledWarning:
+    """At most one warning per ``every_s``, saying how many were held back since the last."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._unlogged = 0
+
+    def __call__(self, fmt: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._unlogged += 1
+                return
+            self._next = now + self.every_s
+            unlogged, self._unlogged = self._unlogged, 0
+        more = f" ({unlogged} more since the last warning)" if unlogged else ""
+        log.warning(fmt + "%s", *args, more)
+
+
 class Purger:
     """Sends ``PURGE`` for a tile to an HTTP cache (Varnish, nginx, a CDN) with a timeout.
 
@@ -115,10 +136,7 @@ class Purger:
     def __init__(self, template: str, timeout_s: float = 5.0, log_every_s: float = 10.0) -> None:
         self.template = template
         self.timeout_s = timeout_s
-        self.log_every_s = log_every_s
-        self._lock = threading.Lock()
-        self._next_log = 0.0
-        self._unlogged = 0
+        self._warn = ThrottledWarning(log_every_s)
 
     def url(self, job: RenderJob) -> str:
         return purge_url(self.template, job)
@@ -145,27 +163,20 @@ class Purger:
         return "error"
 
     def _error(self, job: RenderJob, reason: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next_log:
-                self._unlogged += 1
-                return
-            self._next_log = now + self.log_every_s
-            unlogged, self._unlogged = self._unlogged, 0
-        more = f" ({unlogged} more purge errors since the last warning)" if unlogged else ""
-        log.warning("PURGE of %s failed: %s; the cached tile expires on its own%s",
-                    job.tile, reason, more)  # fmt: skip
+        self._warn("PURGE of %s failed: %s; the cached tile expires on its own", job.tile, reason)
 
 
 def purge_url(template: str, job: RenderJob) -> str:
-    """The purge URL template with ``{tms}``, ``{z}``, ``{x}``, ``{y}``, ``{version}`` filled in."""
-    return template.format(tms=job.tms, z=job.z, x=job.x, y=job.y, version=job.version)
+    """The purge URL template with the job's fields (:data:`render.jobs.TEMPLATE_FIELDS`)."""
+    return template.format(**job.fields())
 
 
 class CacheInvalidator:
     """Drops a tile from the caches in front of the store: ``DEL`` of a Redis tile cache key
-    and/or ``PURGE`` to an HTTP cache. Each is counted: hit (it was cached), miss, or (for
-    PURGE) error. Thread-safe: the pool's workers share one."""
+    and/or ``PURGE`` to an HTTP cache. Each is counted: hit (it was cached), miss or error.
+    Never raises: a cache that fails is logged (throttled) and counted, and the job it
+    follows is still done (the tile is committed; the cache entry expires on its own).
+    Thread-safe: the pool's workers share one."""
 
     def __init__(
         self, client: redis.Redis | None, key_template: str | None, purger: Purger | None = None
@@ -176,6 +187,7 @@ class CacheInvalidator:
         self.counts: Counter[str] = Counter()
         self.purges: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._warn = ThrottledWarning()
 
     @property
     def configured(self) -> bool:
@@ -186,14 +198,23 @@ class CacheInvalidator:
         (``"cache hit, purge miss"``), or None if no cache is configured."""
         done = []
         if self.client is not None and self.key_template:
-            key = self.key_template.format(tms=job.tms, z=job.z, x=job.x, y=job.y)
-            result = "hit" if self.client.delete(key) else "miss"
+            try:
+                key = self.key_template.format(**job.fields())
+                result = "hit" if self.client.delete(key) else "miss"
+            except Exception as e:  # a worker thread must not die of a cache
+                self._warn("DEL of the cache key of %s failed: %s: %s; the cached tile expires"
+                           " on its own", job.tile, type(e).__name__, e)  # fmt: skip
+                result = "error"
             with self._lock:
                 self.counts[result] += 1
             metrics.CACHE_INVALIDATIONS.labels(result).inc()
             done.append(f"cache {result}")
         if self.purger is not None:
-            result = self.purger.purge(job)
+            try:
+                result = self.purger.purge(job)
+            except Exception as e:
+                self.purger._error(job, f"{type(e).__name__}: {e}")
+                result = "error"
             with self._lock:
                 self.purges[result] += 1
             metrics.PURGES.labels(result).inc()
@@ -335,7 +356,7 @@ class RenderWorker:
         started = time.perf_counter()
         try:
             data = self.renderer.render(job)
-            staged = self.store.stage(job, data)
+            staged = self.store.stage(job, data, attempt)
         except Exception as e:
             self.breaker.failure()
             return self._failed(d, attempt, f"render: {type(e).__name__}: {e}")

@@ -596,3 +596,59 @@ def test_a_worker_survives_its_stream_being_deleted(
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_queue_state_is_bounded_markers_expire_in_hours_and_the_dead_list_is_capped(
+    redis_url: str,
+) -> None:
+    """M12: the dedup marker lives hours, not 7 days (the ledger is the long-term dedup),
+    and only the newest dead letters are kept."""
+    client = redis.Redis.from_url(redis_url)
+    queue = RenderQueue(client, prefix=f"tilepipe-test-{uuid.uuid4().hex[:8]}", dead_max=2)
+    queue.ensure_group()
+    try:
+        jobs = [RenderJob(TMS, 7, i, 3, 1) for i in range(3)]
+        queue.enqueue(jobs)
+        assert 0 < client.ttl(queue.dedup_prefix + jobs[0].key) <= 6 * 3600
+        for d in queue.read("c", count=3):
+            assert queue.dead_letter(d, "upstream 503", 5)
+        assert [dl["job_key"] for dl in queue.dead_letters()] == [j.key for j in jobs[1:]]
+        assert queue.depth() == 0
+    finally:
+        client.delete(queue.stream, queue.retry_key, queue.dead_key)
+        client.delete(*[queue.dedup_prefix + j.key for j in jobs])
+        client.close()
+
+
+def test_the_ledger_forgets_old_history_and_finished_jobs_but_not_a_regions(
+    ledger_dsn: str,
+) -> None:
+    """M12: retention for render_job_history and finished render_jobs rows."""
+    ledger = Ledger(ledger_dsn)
+    old, recent, region_tile, running = (RenderJob(TMS, 6, i, 6, 1) for i in range(4))
+    try:
+        for job in (old, recent, region_tile, running):
+            attempt = ledger.start(job, "w")
+            assert attempt == 1
+            if job is not running:
+                assert ledger.commit(job, 1, "w", lambda: "somewhere") is not None
+        ledger.conn.execute(
+            "INSERT INTO render_region_tiles (region_id, job_key) VALUES ('rj_x', %s)",
+            (region_tile.key,),
+        )
+        for job in (old, region_tile, running):
+            ledger.conn.execute(
+                "UPDATE render_jobs SET updated_at = now() - interval '40 days' WHERE job_key = %s",
+                (job.key,),
+            )
+        ledger.conn.execute(
+            "UPDATE render_job_history SET at = now() - interval '40 days' WHERE job_key = %s",
+            (old.key,),
+        )
+        assert ledger.trim(30 * 86400) == (2, 1)
+        assert ledger.get(old.key) is None and ledger.history(old.key) == []
+        for job in (recent, region_tile, running):
+            assert ledger.get(job.key) is not None
+        assert len(ledger.history(recent.key)) == 2
+    finally:
+        ledger.close()
