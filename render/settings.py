@@ -23,7 +23,8 @@ def check_template(template: str, what: str) -> str:
     """``template`` if every ``{field}`` in it is one a job fills in, else a ValueError
     saying which are (so a bad template stops the worker at startup, not every job)."""
     try:
-        template.format(**_SAMPLE)
+        for version in (1, "4.2.0"):  # versions are integers or dotted strings
+            template.format(**{**_SAMPLE, "version": version})
     except (KeyError, IndexError, ValueError, AttributeError) as e:
         names = ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
         raise ValueError(

@@ -169,6 +169,7 @@ def test_render_worker_config_errors_exit_2_with_one_line(monkeypatch, capsys) -
         ("TILEPIPE_RENDER_RENDERER", 'command:render --json {"z": {z}}', "renderer"),
         ("TILEPIPE_RENDER_RENDERER", "command:render 'unbalanced", "renderer"),
         ("TILEPIPE_RENDER_PURGE_URL", "http://cache/{zoom}.png", "purge_url"),
+        ("TILEPIPE_RENDER_CACHE_KEY", "tilecache:{z}:{version:05d}", "cache_key"),  # "4.2.0"
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(
