@@ -5,7 +5,9 @@ delivery is acknowledged and nothing else happens); the renderer makes the
 bytes; the store stages and validates them; the ledger's commit transaction
 moves them into place and writes COMPLETED; the tile cache is invalidated;
 the queue entry is acknowledged. A crash anywhere leaves the entry pending,
-so after the SLA another worker reclaims it and the ledger decides.
+so after the SLA another worker reclaims it and the ledger decides. Only the
+entry's current owner acknowledges it, and every SLA a worker sweeps the ledger
+for jobs whose entry was lost altogether (see ``RenderWorker.sweep``).
 
 A failed attempt is retried after capped exponential back-off with full
 jitter; after ``max_attempts`` the job is DEAD and on the dead-letter list.
@@ -153,16 +155,16 @@ class Purger:
             status = int(e.code)
             e.close()
         except (urllib.error.URLError, TimeoutError, OSError) as e:
-            self._error(job, f"{type(e).__name__}: {getattr(e, 'reason', e)}")
+            self.warn_failed(job, f"{type(e).__name__}: {getattr(e, 'reason', e)}")
             return "error"
         if status in (200, 204):
             return "hit"
         if status == 404:
             return "miss"
-        self._error(job, f"the cache answered {status}")
+        self.warn_failed(job, f"the cache answered {status}")
         return "error"
 
-    def _error(self, job: RenderJob, reason: str) -> None:
+    def warn_failed(self, job: RenderJob, reason: str) -> None:
         self._warn("PURGE of %s failed: %s; the cached tile expires on its own", job.tile, reason)
 
 
@@ -213,7 +215,7 @@ class CacheInvalidator:
             try:
                 result = self.purger.purge(job)
             except Exception as e:
-                self.purger._error(job, f"{type(e).__name__}: {e}")
+                self.purger.warn_failed(job, f"{type(e).__name__}: {e}")
                 result = "error"
             with self._lock:
                 self.purges[result] += 1

@@ -652,3 +652,22 @@ def test_the_ledger_forgets_old_history_and_finished_jobs_but_not_a_regions(
         assert len(ledger.history(recent.key)) == 2
     finally:
         ledger.close()
+
+
+def test_only_the_consumer_owning_an_entry_settles_it(queue: RenderQueue) -> None:
+    """M2, the mechanism under every ack, retry and dead letter (and _degrade's): after a
+    reclaim the former owner's ack and retry are no-ops; its dead letter is still recorded
+    (the ledger's fenced DEAD decided it) but the entry stays the new owner's."""
+    job = RenderJob(TMS, 7, 9, 9, 1)
+    queue.enqueue([job])
+    [old] = queue.read("a", block_ms=1000)
+    [new] = queue.reclaim("b", min_idle_ms=0)
+    assert old.entry_id == new.entry_id
+    assert not queue.ack(old)
+    assert not queue.retry_later(old, 0)
+    assert not queue.dead_letter(old, "gave up", 5)
+    assert queue.client.zcard(queue.retry_key) == 0
+    assert len(queue.dead_letters()) == 1
+    assert queue.client.xpending(queue.stream, queue.GROUP)["pending"] == 1
+    assert queue.ack(new)
+    assert queue.depth() == 0
