@@ -31,11 +31,10 @@ class CommitAnnouncer:
 
     def __call__(self, job: RenderJob, result: str) -> None:
         if job.broadcast is not None:
-            payload = orjson.loads(job.broadcast)
-            objects = [(str(o), str(k)) for o, k in payload["objects"]]
+            msg = orjson.loads(job.broadcast)["msg"]
             key = self.target.key_of(job.tms, job.z, job.x, job.y)
             (published,) = self.broadcaster.publish_prepared(
-                [(key, objects, orjson.dumps(payload["msg"]))]
+                [(key, list(job.objects), orjson.dumps(msg))]
             )
             metrics.BROADCASTS.labels("published" if published == 1 else "suppressed").inc()
             return

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 import orjson
 
 from tilepipe.records import TileUpdate
-from tilepipe.versions import Version, version_key
+from tilepipe.versions import Version, order_key, version_key
+
+TEMPLATE_FIELDS = ("tms", "z", "x", "y", "version", "key")
+"""What every operator template (``http:`` URL, ``command:`` arguments, cache key, purge URL)
+can name; :meth:`RenderJob.fields` fills them, ``render.settings`` checks them at startup."""
 
 
 def job_key(
@@ -71,6 +75,26 @@ class RenderJob:
     @property
     def vkey(self) -> tuple[int, ...]:
         return version_key(self.version)
+
+    @property
+    def objects(self) -> tuple[tuple[str, str], ...]:
+        """``(object id, order key)`` of each object this job releases.
+
+        Versions are per object, so the ledger decides "newer" per object, as the Redis
+        store does. A dataflow job carries its trigger's pairs; a bare job (a tile named
+        with a version, no broadcast) is the plain tile object ``""`` at its version; a
+        region re-render releases no object (the later render wins, see the ledger).
+        """
+        if self.broadcast is not None:
+            return tuple((str(o), str(k)) for o, k in orjson.loads(self.broadcast)["objects"])
+        if self.origin:
+            return ()
+        return (("", order_key(self.vkey, 0)),)
+
+    def fields(self) -> dict[str, object]:
+        """The values of :data:`TEMPLATE_FIELDS` for this job."""
+        return {"tms": self.tms, "z": self.z, "x": self.x, "y": self.y,
+                "version": self.version, "key": self.key}  # fmt: skip
 
     def encode(self) -> bytes:
         return orjson.dumps(

@@ -37,7 +37,8 @@ DEGRADED = Counter(
 )
 CACHE_INVALIDATIONS = Counter(
     "tilepipe_render_cache_invalidations_total",
-    "Tile cache invalidations after a commit or degrade: hit (the tile was cached) or miss.",
+    "Tile cache invalidations after a commit or degrade: hit (the tile was cached), miss, or"
+    " error (the cache's Redis failed; logged, the job still succeeds).",
     ["result"],
 )
 PURGES = Counter(
@@ -64,7 +65,7 @@ for _state in STATES:
     JOBS.labels(_state)
 for _reason in ("circuit_open", "deadline"):
     DEGRADED.labels(_reason)
-for _result in ("hit", "miss"):
+for _result in ("hit", "miss", "error"):
     CACHE_INVALIDATIONS.labels(_result)
 for _result in ("hit", "miss", "error"):
     PURGES.labels(_result)

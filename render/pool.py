@@ -68,8 +68,9 @@ class RenderPool:
                 settings.delay.total_seconds(),
                 settings.timeout.total_seconds(),
                 settings.http_concurrency,
+                settings.max_tile_bytes,
             )
-            build_store(settings.store, settings.format).close()
+            build_store(settings.store, settings.format, settings.staging).close()
         except (ValueError, OSError) as e:
             raise RenderConfigError(str(e)) from None
         self.client = redis.Redis.from_url(
@@ -79,7 +80,12 @@ class RenderPool:
             self.client.ping()
         except redis.RedisError as e:
             raise RenderConfigError(f"the queue's Redis does not answer: {e}") from None
-        self.queue = RenderQueue(self.client, settings.prefix)
+        self.queue = RenderQueue(
+            self.client,
+            settings.prefix,
+            dedup_ttl_s=int(settings.dedup_ttl.total_seconds()),
+            dead_max=settings.dead_max,
+        )
         self.queue.ensure_group()
         try:
             ledger = Ledger(self.dsn)
@@ -121,13 +127,14 @@ class RenderPool:
             max_attempts=s.max_attempts,
             backoff=Backoff(s.retry_initial.total_seconds(), s.retry_max.total_seconds()),
             poll_s=s.poll.total_seconds(),
+            retention_s=s.retention.total_seconds(),
         )
         return RenderWorker(
             config,
             self.queue,
             Ledger(self.dsn),
             self.renderer,
-            build_store(s.store, s.format),
+            build_store(s.store, s.format, s.staging),
             self.breaker,
             self.invalidator,
             self.on_committed,

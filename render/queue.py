@@ -16,10 +16,21 @@ Keys, under ``{prefix}:render:``:
 - ``jobs`` the stream (one entry per job; an entry is deleted when its job
   is acknowledged, so ``XLEN`` is the queue depth), group ``workers``;
 - ``key:{job_key}`` the dedup marker: the first enqueue sets it (``SET NX``)
-  and adds the entry in the same script, so the same trigger twice is one job;
+  and adds the entry in the same script, so the same trigger twice is one job.
+  It lives for hours, not days (``dedup_ttl_s``, 6 h): it only spares a replay
+  the round trip to the ledger, which refuses a finished job for as long as it
+  keeps the job's row, and after that the tile's per-object order keys refuse a
+  release already committed. 104 B per marker at 1,000 jobs/s is 2.2 GiB of
+  Redis over 6 h; the former 7 days came to ~59 GiB;
 - ``retry`` a sorted set of jobs waiting out their back-off (score: due time);
 - ``dead`` the dead-letter list: one JSON object per job that exhausted its
-  attempts, with its error and how its tile was invalidated.
+  attempts, with its error and how its tile was invalidated; only the newest
+  ``dead_max`` are kept (the ledger keeps every DEAD job's row and error).
+
+Only the consumer that owns an entry acknowledges it (:data:`_SETTLE_LUA`): a worker
+that stalled past the SLA, whose entry another worker reclaimed (``XAUTOCLAIM``
+moves the same entry), would otherwise delete the entry the new owner relies on
+for redelivery.
 """
 
 from __future__ import annotations
@@ -62,13 +73,34 @@ return #due
 """
 
 
+# Settle a delivery only while `consumer` still owns its entry (XPENDING names the owner):
+# acknowledge and delete it, and for a retry schedule the job again. A dead letter is
+# recorded whoever owns the entry (the ledger's fenced DEAD transition already decided it),
+# and the list keeps its newest ARGV[6] entries.
+_SETTLE_LUA = """
+if ARGV[4] == 'dead' then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+if ARGV[4] == 'retry' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """A job handed to this consumer; ``entry_id`` acknowledges it."""
+    """A job handed to ``consumer``; ``entry_id`` acknowledges it."""
 
     entry_id: str
     job: RenderJob
     reclaimed: bool = False
+    consumer: str = ""
 
 
 class RenderQueue:
@@ -80,7 +112,8 @@ class RenderQueue:
         self,
         client: redis.Redis,
         prefix: str = "tilepipe",
-        dedup_ttl_s: int = 7 * 24 * 3600,
+        dedup_ttl_s: int = 6 * 3600,
+        dead_max: int = 10_000,
     ) -> None:
         self.client = client
         base = f"{prefix}:render:"
@@ -89,8 +122,10 @@ class RenderQueue:
         self.retry_key = base + "retry"
         self.dead_key = base + "dead"
         self.dedup_ttl_s = dedup_ttl_s
+        self.dead_max = dead_max
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._promote = client.register_script(_PROMOTE_LUA)
+        self._settle = client.register_script(_SETTLE_LUA)
 
     def ensure_group(self) -> None:
         """Create the stream and its consumer group unless they exist."""
@@ -111,12 +146,24 @@ class RenderQueue:
             self._enqueue(keys=[self.dedup_prefix, self.stream], args=args, client=pipe)
         return [bool(r) for part in pipe.execute() for r in part]
 
+    def requeue(self, jobs: Iterable[RenderJob]) -> None:
+        """Add entries for jobs whose entry was lost, past the dedup marker (the ledger's
+        sweeper: a duplicate entry is harmless, the ledger fences every attempt)."""
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            pipe.xadd(self.stream, {"key": job.key, "job": job.encode()})
+        pipe.execute()
+
     def read(self, consumer: str, count: int = 1, block_ms: int = 1000) -> list[Delivery]:
         """New jobs for ``consumer``, waiting up to ``block_ms`` for one."""
         reply: Any = self.client.xreadgroup(
             self.GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms
         )
-        return [d for _stream, entries in reply or [] for d in self._deliveries(entries, False)]
+        return [
+            d
+            for _stream, entries in reply or []
+            for d in self._deliveries(entries, False, consumer)
+        ]
 
     def reclaim(self, consumer: str, min_idle_ms: int, count: int = 10) -> list[Delivery]:
         """Jobs another consumer took and left unacknowledged longer than ``min_idle_ms``."""
@@ -127,25 +174,20 @@ class RenderQueue:
                 self.stream, self.GROUP, consumer, min_idle_ms, start, count=count - len(out)
             )
             start = _s(reply[0])
-            out += self._deliveries(reply[1], True)
+            out += self._deliveries(reply[1], True, consumer)
             if start == "0-0":
                 break
         return out
 
-    def ack(self, delivery: Delivery) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xack(self.stream, self.GROUP, delivery.entry_id)
-        pipe.xdel(self.stream, delivery.entry_id)
-        pipe.execute()
+    def ack(self, delivery: Delivery) -> bool:
+        """Acknowledge and delete the entry if this delivery's consumer still owns it;
+        whether it did (False: reclaimed by another consumer, whose entry it now is)."""
+        return self._settle_as(delivery, "ack")
 
-    def retry_later(self, delivery: Delivery, delay_s: float) -> None:
-        """Acknowledge the delivery and bring the job back after ``delay_s``."""
+    def retry_later(self, delivery: Delivery, delay_s: float) -> bool:
+        """Acknowledge the delivery and bring the job back after ``delay_s`` (if owned)."""
         member = delivery.job.key.encode() + b" " + delivery.job.encode()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(self.retry_key, {member: (time.time() + delay_s) * 1000})
-        pipe.xack(self.stream, self.GROUP, delivery.entry_id)
-        pipe.xdel(self.stream, delivery.entry_id)
-        pipe.execute()
+        return self._settle_as(delivery, "retry", member, (time.time() + delay_s) * 1000)
 
     def promote_due(self, limit: int = 100) -> int:
         """Move retries whose back-off is over back into the stream."""
@@ -155,9 +197,10 @@ class RenderQueue:
 
     def dead_letter(
         self, delivery: Delivery, error: str, attempts: int, invalidated: str | None = None
-    ) -> None:
-        """Acknowledge the delivery and record the job in the dead-letter list, with how its
-        tile was invalidated (``"cache hit, purge miss"``; None if no cache is configured)."""
+    ) -> bool:
+        """Record the job in the dead-letter list, with how its tile was invalidated
+        (``"cache hit, purge miss"``; None if no cache is configured), and acknowledge the
+        delivery if it still owns its entry."""
         doc = {
             "job_key": delivery.job.key,
             "job": orjson.loads(delivery.job.encode()),
@@ -166,11 +209,12 @@ class RenderQueue:
             "dead_at_ms": int(time.time() * 1000),
             "invalidated": invalidated,
         }
-        pipe = self.client.pipeline(transaction=True)
-        pipe.rpush(self.dead_key, orjson.dumps(doc))
-        pipe.xack(self.stream, self.GROUP, delivery.entry_id)
-        pipe.xdel(self.stream, delivery.entry_id)
-        pipe.execute()
+        return self._settle_as(delivery, "dead", orjson.dumps(doc), self.dead_max)
+
+    def _settle_as(self, d: Delivery, how: str, payload: bytes = b"", number: float = 0) -> bool:
+        keys = [self.stream, self.retry_key, self.dead_key]
+        args: list[str | bytes | float] = [self.GROUP, d.entry_id, d.consumer, how, payload, number]
+        return bool(self._settle(keys=keys, args=args))
 
     def dead_letters(self) -> list[dict[str, object]]:
         return [orjson.loads(d) for d in self.client.lrange(self.dead_key, 0, -1)]
@@ -182,12 +226,13 @@ class RenderQueue:
         pipe.zcard(self.retry_key)
         return sum(int(n) for n in pipe.execute())
 
-    def _deliveries(self, entries: list[Any], reclaimed: bool) -> list[Delivery]:
+    def _deliveries(self, entries: list[Any], reclaimed: bool, consumer: str) -> list[Delivery]:
         out = []
         for entry_id, fields in entries:
             if not fields:  # deleted while pending
                 continue
-            out.append(Delivery(_s(entry_id), RenderJob.decode(fields[b"job"]), reclaimed))
+            job = RenderJob.decode(fields[b"job"])
+            out.append(Delivery(_s(entry_id), job, reclaimed, consumer))
         return out
 
 

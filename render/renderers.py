@@ -10,9 +10,12 @@
 
 - ``http:URL`` fetches the tile from an upstream tile server (Martin, Tegola, ...):
   ``{tms}``, ``{z}``, ``{x}``, ``{y}`` and ``{version}`` are substituted in the URL; each
-  fetch has the timeout, and at most ``concurrency`` fetches run at once per process
-  (the pool's threads share the renderer), so a slow upstream is not swamped. A non-2xx
-  answer, a timeout or a refused connection is a failed attempt.
+  fetch has the timeout as a total deadline (connect, headers and every byte of the body:
+  a per-read timeout let an upstream trickling 1 byte/s hold a fetch for 8 s at a 2 s
+  timeout), a size cap, no redirects, and at most ``concurrency`` fetches run at once per
+  process (the pool's threads share the renderer), so a slow upstream is not swamped.
+  A non-2xx answer (a 3xx included), a timeout, a tile over the cap or a refused
+  connection is a failed attempt.
 
 A renderer raises :class:`RenderError` for a failed attempt; the worker
 decides retries, back-off and degradation, not the renderer.
@@ -21,11 +24,13 @@ decides retries, back-off and degradation, not the renderer.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import shlex
 import subprocess
 import threading
 import time
+import urllib.parse
 from typing import Protocol
 
 from render.jobs import RenderJob
@@ -80,8 +85,7 @@ class CommandRenderer:
         self.timeout_s = timeout_s
 
     def render(self, job: RenderJob, stop: threading.Event | None = None) -> bytes:
-        fields = {"tms": job.tms, "z": job.z, "x": job.x, "y": job.y,
-                  "version": job.version, "key": job.key}  # fmt: skip
+        fields = job.fields()
         args = [a.format(**fields) for a in self.argv]
         try:
             done = subprocess.run(
@@ -98,36 +102,97 @@ class CommandRenderer:
 
 
 class HttpRenderer:
-    """Fetches each tile from an upstream URL template, with a timeout and bounded concurrency."""
+    """Fetches each tile from an upstream URL template: one deadline for the whole fetch, a
+    size cap, no redirects, bounded concurrency."""
 
     def __init__(
-        self, template: str, format: str = "png", timeout_s: float = 60.0, concurrency: int = 8
+        self,
+        template: str,
+        format: str = "png",
+        timeout_s: float = 60.0,
+        concurrency: int = 8,
+        max_bytes: int = 16 << 20,
     ) -> None:
         if not template.startswith(("http://", "https://")):
             raise ValueError(f"http renderer: {template!r} is not an http(s) URL template")
         self.template = template
         self.format = format
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.concurrency = concurrency
         self.slots = threading.BoundedSemaphore(concurrency)
 
     def render(self, job: RenderJob, stop: threading.Event | None = None) -> bytes:
-        import urllib.error
-        import urllib.request
+        deadline = time.monotonic() + self.timeout_s
+        url = self.template.format(**job.fields())
+        where = f"{job.z}/{job.x}/{job.y}"
+        # A slot is waited for within the same deadline: every slot held by a slow upstream
+        # must not block the render threads for ever.
+        if not self.slots.acquire(timeout=self.timeout_s):
+            raise RenderError(
+                f"upstream busy for {where}: all {self.concurrency} fetches still running"
+                f" after {self.timeout_s:g}s"
+            )
+        try:
+            return self._fetch(url, where, deadline)
+        except TimeoutError:
+            raise RenderError(f"upstream too slow for {where}: no whole tile within"
+                              f" {self.timeout_s:g}s") from None  # fmt: skip
+        except (OSError, http.client.HTTPException) as e:
+            raise RenderError(f"upstream unreachable for {where}: {e!r}") from None
+        finally:
+            self.slots.release()
 
-        url = self.template.format(tms=job.tms, z=job.z, x=job.x, y=job.y, version=job.version)
-        with self.slots:
-            try:
-                with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
-                    return bytes(r.read())
-            except urllib.error.HTTPError as e:
+    def _fetch(self, url: str, where: str, deadline: float) -> bytes:
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            return remaining
+
+        parts = urllib.parse.urlsplit(url)
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(parts.netloc, timeout=left())
+        else:
+            conn = http.client.HTTPConnection(parts.netloc, timeout=left())
+        sock = None
+        try:
+            target = parts.path or "/"
+            if parts.query:
+                target += "?" + parts.query
+            conn.request("GET", target, headers={"Accept": "*/*"})
+            sock = conn.sock  # the response keeps reading it after conn lets go (HTTP/1.0)
+            assert sock is not None
+            sock.settimeout(left())
+            r = conn.getresponse()
+            if not 200 <= r.status < 300:
+                moved = f" (to {r.getheader('Location')!r}; redirects are not followed)"
+                raise RenderError(f"upstream answered {r.status} for {where}"
+                                  f"{moved if 300 <= r.status < 400 else ''}")  # fmt: skip
+            length = r.getheader("Content-Length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
                 raise RenderError(
-                    f"upstream answered {e.code} for {job.z}/{job.x}/{job.y}"
-                ) from None
-            except (urllib.error.URLError, TimeoutError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                raise RenderError(
-                    f"upstream unreachable for {job.z}/{job.x}/{job.y}: {reason}"
-                ) from None
+                    f"upstream tile for {where} is {length} bytes, over the"
+                    f" {self.max_bytes}-byte cap (TILEPIPE_RENDER_MAX_TILE_BYTES)"
+                )
+            body = bytearray()
+            while True:
+                sock.settimeout(left())  # each read gets what is left of the deadline
+                chunk = r.read1(65536)
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise RenderError(
+                        f"upstream tile for {where} is over the {self.max_bytes}-byte cap"
+                        " (TILEPIPE_RENDER_MAX_TILE_BYTES)"
+                    )
+        finally:
+            conn.close()
+            if sock is not None:
+                sock.close()
 
 
 def build_renderer(
@@ -136,6 +201,7 @@ def build_renderer(
     delay_s: float = 0.0,
     timeout_s: float = 60.0,
     concurrency: int = 8,
+    max_bytes: int = 16 << 20,
 ) -> Renderer:
     """A renderer from its spec: ``builtin``, ``command:PROGRAM ARGS...`` or ``http:URL``."""
     kind, _, rest = spec.partition(":")
@@ -146,5 +212,5 @@ def build_renderer(
     if kind == "command":
         return CommandRenderer(shlex.split(rest), format=format, timeout_s=timeout_s)
     if kind == "http":
-        return HttpRenderer(rest, format=format, timeout_s=timeout_s, concurrency=concurrency)
+        return HttpRenderer(rest, format, timeout_s, concurrency, max_bytes)
     raise ValueError(f"renderer {spec!r}: unknown kind {kind!r}; use builtin, command: or http:")

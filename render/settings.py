@@ -6,13 +6,32 @@
 
 from __future__ import annotations
 
+import shlex
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dataflows.settings import Duration
+from render.jobs import TEMPLATE_FIELDS
+
+_SAMPLE = {"tms": "WebMercatorQuad", "z": 0, "x": 0, "y": 0, "version": 1, "key": "0" * 32}
+
+
+def check_template(template: str, what: str) -> str:
+    """``template`` if every ``{field}`` in it is one a job fills in, else a ValueError
+    saying which are (so a bad template stops the worker at startup, not every job)."""
+    try:
+        for version in (1, "4.2.0"):  # versions are integers or dotted strings
+            template.format(**{**_SAMPLE, "version": version})
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        names = ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
+        raise ValueError(
+            f"{template!r}: {what} can fill in only {names}; write {{{{ and }}}} for literal"
+            f" braces ({type(e).__name__}: {e})"
+        ) from None
+    return template
 
 
 class RenderSettings(BaseSettings):
@@ -34,15 +53,20 @@ class RenderSettings(BaseSettings):
     delay: Duration = timedelta(0)
     """Extra time the builtin renderer spends per tile (demos, benchmarks)."""
     timeout: Duration = timedelta(seconds=60)
-    """Longest one render attempt may take (command and http renderers)."""
+    """Longest one render attempt may take (command and http renderers; for http the
+    whole fetch: connect, headers and body)."""
     http_concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
     """Most tiles fetched from the upstream at once by this process (http renderer)."""
+    max_tile_bytes: Annotated[int, Field(ge=1024)] = 16 << 20
+    """Largest tile the http renderer accepts from the upstream (bigger: a failed attempt)."""
     store: str = "dir:./tiles"
     """``dir:PATH`` ({z}/{x}/{y}.{format}) or ``mbtiles:PATH``."""
+    staging: str | None = None
+    """Where a ``dir:`` store stages tiles before moving them in: outside the served tree,
+    on the same filesystem (the move is a rename). ``{PATH}/../.{name}-staging`` by default
+    (``dir:/srv/tilepipe/tiles`` stages in ``/srv/tilepipe/.tiles-staging``)."""
     workers: Annotated[int, Field(ge=1, le=256)] = 4
     """Worker threads in this process; run more processes (pods) to scale out."""
-    sla: Duration = timedelta(seconds=60)
-    """A job in progress longer than this is taken to be stalled and is reclaimed."""
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     retry_initial: Duration = timedelta(seconds=1)
     retry_max: Duration = timedelta(minutes=5)
@@ -59,6 +83,18 @@ class RenderSettings(BaseSettings):
     miss, anything else an error (logged and counted; the job still succeeds)."""
     purge_timeout: Duration = timedelta(seconds=5)
     """Longest one PURGE may take."""
+    sla: Duration = timedelta(minutes=2)
+    """A job in progress longer than this is taken to be stalled and is reclaimed. Must
+    exceed the longest render (``timeout``, or ``delay``) plus ``purge_timeout`` plus a
+    margin of max(10 s, a quarter of the render): a render still running at its SLA is
+    rendered twice."""
+    dedup_ttl: Duration = timedelta(hours=6)
+    """How long the queue's per-job dedup marker lives; the ledger refuses finished jobs
+    for as long as it keeps them (``retention``)."""
+    dead_max: Annotated[int, Field(ge=1)] = 10_000
+    """Newest dead letters kept on ``{prefix}:render:dead`` (the ledger keeps all)."""
+    retention: Duration = timedelta(days=30)
+    """Ledger history and finished jobs older than this are deleted."""
     broadcast: str | None = None
     """``redis[s]://HOST:PORT/DB?channel=NAME``: after each commit, broadcast the job's
     ``tile_updated`` there (the dataflow's ``TILEPIPE_SINK`` when it renders first)."""
@@ -73,8 +109,42 @@ class RenderSettings(BaseSettings):
     @field_validator("renderer")
     @classmethod
     def _check_renderer(cls, v: str) -> str:
-        if v != "builtin" and not v.startswith(("command:", "http:")):
+        if v.startswith("http:"):
+            url = v.removeprefix("http:")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{v!r}: use http:http(s)://HOST/{{z}}/{{x}}/{{y}}.png")
+            check_template(url, "the http renderer's URL")
+        elif v.startswith("command:"):
+            try:
+                argv = shlex.split(v.removeprefix("command:"))
+            except ValueError as e:
+                raise ValueError(f"{v!r}: the command does not parse ({e})") from None
+            if not argv:
+                raise ValueError(f"{v!r}: no program given (command:PROGRAM ARGS...)")
+            for arg in argv:
+                check_template(arg, "a command argument")
+        elif v != "builtin":
             raise ValueError(f"{v!r}: use builtin, command:PROGRAM ARGS or http:URL")
+        return v
+
+    @field_validator("cache_key")
+    @classmethod
+    def _check_cache_key(cls, v: str | None) -> str | None:
+        return check_template(v, "the cache key") if v else None
+
+    @field_validator("sla")
+    @classmethod
+    def _check_sla(cls, v: timedelta, info: ValidationInfo) -> timedelta:
+        render = max(info.data.get("timeout", timedelta(0)), info.data.get("delay", timedelta(0)))
+        purge = info.data.get("purge_timeout", timedelta(0))
+        need = render + purge + max(timedelta(seconds=10), render / 4)
+        if v < need:
+            raise ValueError(
+                f"{v.total_seconds():g}s is too short: a job still rendering at its SLA is"
+                f" reclaimed and rendered twice; with timeout/delay {render.total_seconds():g}s"
+                f" and purge_timeout {purge.total_seconds():g}s it must be at least"
+                f" {need.total_seconds():g}s (or lower the timeout)"
+            )
         return v
 
     @field_validator("broadcast")
@@ -93,13 +163,7 @@ class RenderSettings(BaseSettings):
             raise ValueError(
                 f"{v!r}: use an http(s) URL template such as http://cache/{{z}}/{{x}}/{{y}}.png"
             )
-        try:
-            v.format(tms="WebMercatorQuad", z=0, x=0, y=0, version=1)
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(
-                f"{v!r}: only {{tms}}, {{z}}, {{x}}, {{y}} and {{version}} can be filled in ({e})"
-            ) from None
-        return v
+        return check_template(v, "the purge URL")
 
     @field_validator("store")
     @classmethod

@@ -1,12 +1,17 @@
 """Tile stores with a two-phase commit: stage, validate, then move into place atomically.
 
 A reader never sees a half-written tile. The directory store writes the tile
-to ``{root}/.staging/{job_key}.{ext}``, fsyncs it, reads it back to validate
-it, and ``os.replace``s it to ``{root}/{z}/{x}/{y}.{ext}`` (same filesystem,
-so the rename is atomic), then fsyncs the directory. The MBTiles store
-stages rows in a ``tilepipe_staging`` table and moves one into ``tiles`` in
-a single SQLite transaction. Staging is keyed by the job key, so a retry of a
-crashed attempt simply overwrites what that attempt left behind.
+to ``{staging}/{job_key}.{attempt}.{ext}``, fsyncs it, reads it back to
+validate it, and ``os.replace``s it to ``{root}/{z}/{x}/{y}.{ext}``, then
+fsyncs the directory. The staging directory is outside the served tree (a tile
+server must not serve half-done or discarded tiles) and on the same filesystem
+(checked at startup: the rename is only atomic there); the file is created with
+``O_EXCL | O_NOFOLLOW``, so a planted symlink is never written through. The
+MBTiles store stages rows in a ``tilepipe_staging`` table and moves one into
+``tiles`` in a single SQLite transaction. Staging is keyed by job key and
+attempt: a stalled attempt and its reclaim never touch each other's staged
+tile, and staging an attempt removes what earlier (crashed) attempts of the
+same job left behind.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ class Staged:
 class TileStore(Protocol):
     format: str
 
-    def stage(self, job: RenderJob, data: bytes) -> Staged: ...
+    def stage(self, job: RenderJob, data: bytes, attempt: int = 0) -> Staged: ...
 
     def commit(self, staged: Staged) -> str:
         """Move a staged tile into place atomically; returns where it now is."""
@@ -73,22 +78,48 @@ class TileStore(Protocol):
     def close(self) -> None: ...
 
 
+def default_staging(root: Path) -> Path:
+    """Beside the served tree, so on its volume: ``/srv/tilepipe/tiles`` stages in
+    ``/srv/tilepipe/.tiles-staging``."""
+    return root.parent / f".{root.name}-staging"
+
+
 class DirectoryStore:
     """``{root}/{z}/{x}/{y}.{ext}``, as a static tile server serves them."""
 
-    def __init__(self, root: str | Path, format: str = "png") -> None:
+    def __init__(
+        self, root: str | Path, format: str = "png", staging: str | Path | None = None
+    ) -> None:
         self.root = Path(root)
         self.format = format
-        self.staging = self.root / ".staging"
+        self.staging = Path(staging) if staging else default_staging(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
+        if self.staging.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(
+                f"staging directory {self.staging} is inside the served tile tree {self.root}:"
+                " set TILEPIPE_RENDER_STAGING to a directory beside it on the same volume"
+            )
+        if os.stat(self.staging).st_dev != os.stat(self.root).st_dev:
+            raise ValueError(
+                f"staging directory {self.staging} is not on the filesystem of {self.root}, so"
+                " moving a tile in would not be atomic: mount the tile volume one level up"
+                " (e.g. /srv/tilepipe, store dir:/srv/tilepipe/tiles) or set"
+                " TILEPIPE_RENDER_STAGING to a directory on the tile volume"
+            )
 
     def path(self, z: int, x: int, y: int) -> Path:
         return self.root / str(z) / str(x) / f"{y}.{self.format}"
 
-    def stage(self, job: RenderJob, data: bytes) -> Staged:
+    def stage(self, job: RenderJob, data: bytes, attempt: int = 0) -> Staged:
         validate_tile(data, self.format)
-        path = self.staging / f"{job.key}.{self.format}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for old in self.staging.glob(f"{job.key}.*.{self.format}"):
+            if _attempt_of(old.name.split(".")[1]) < attempt:  # a crashed attempt's leftover
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
+        path = self.staging / f"{job.key}.{attempt}.{self.format}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -122,6 +153,10 @@ class DirectoryStore:
 
     def close(self) -> None:
         """Nothing held open: each stage and commit opens and closes its own files."""
+
+
+def _attempt_of(text: str) -> int:
+    return int(text) if text.isdigit() else -1
 
 
 def _fsync_dir(path: Path) -> None:
@@ -167,18 +202,25 @@ class MBTilesStore:
             self.db.execute("ROLLBACK")
             raise
 
-    def stage(self, job: RenderJob, data: bytes) -> Staged:
+    def stage(self, job: RenderJob, data: bytes, attempt: int = 0) -> Staged:
         validate_tile(data, self.format)
         row = (1 << job.z) - 1 - job.y
+        name = f"{job.key}.{attempt}"
+        # Earlier (crashed) attempts' rows go; a later attempt's row is that attempt's own.
+        self.db.execute(
+            "DELETE FROM tilepipe_staging WHERE job_key LIKE ? || '.%'"
+            " AND CAST(substr(job_key, length(?) + 2) AS integer) < ?",
+            (job.key, job.key, attempt),
+        )
         self.db.execute(
             "INSERT OR REPLACE INTO tilepipe_staging VALUES (?, ?, ?, ?, ?)",
-            (job.key, job.z, job.x, row, data),
+            (name, job.z, job.x, row, data),
         )
         (back,) = self.db.execute(
-            "SELECT tile_data FROM tilepipe_staging WHERE job_key = ?", (job.key,)
+            "SELECT tile_data FROM tilepipe_staging WHERE job_key = ?", (name,)
         ).fetchone()
         validate_tile(back, self.format)
-        return Staged(job, job.key)
+        return Staged(job, name)
 
     def commit(self, staged: Staged) -> str:
         self.db.execute("BEGIN IMMEDIATE")
@@ -212,13 +254,13 @@ class MBTilesStore:
         self.db.close()
 
 
-def build_store(spec: str, format: str = "png") -> TileStore:
-    """A store from its spec: ``dir:PATH`` or ``mbtiles:PATH``."""
+def build_store(spec: str, format: str = "png", staging: str | None = None) -> TileStore:
+    """A store from its spec: ``dir:PATH`` (staging in ``staging``) or ``mbtiles:PATH``."""
     kind, _, path = spec.partition(":")
     if not path:
         raise ValueError(f"store {spec!r}: expected dir:PATH or mbtiles:PATH")
     if kind == "dir":
-        return DirectoryStore(path, format)
+        return DirectoryStore(path, format, staging)
     if kind == "mbtiles":
         return MBTilesStore(path, format)
     raise ValueError(f"store {spec!r}: unknown kind {kind!r}; use dir:PATH or mbtiles:PATH")

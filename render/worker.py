@@ -5,7 +5,9 @@ delivery is acknowledged and nothing else happens); the renderer makes the
 bytes; the store stages and validates them; the ledger's commit transaction
 moves them into place and writes COMPLETED; the tile cache is invalidated;
 the queue entry is acknowledged. A crash anywhere leaves the entry pending,
-so after the SLA another worker reclaims it and the ledger decides.
+so after the SLA another worker reclaims it and the ledger decides. Only the
+entry's current owner acknowledges it, and every SLA a worker sweeps the ledger
+for jobs whose entry was lost altogether (see ``RenderWorker.sweep``).
 
 A failed attempt is retried after capped exponential back-off with full
 jitter; after ``max_attempts`` the job is DEAD and on the dead-letter list.
@@ -103,6 +105,27 @@ class CircuitBreaker:
                 self._open_until = self.clock() + self.cooldown_s
 
 
+class ThrottledWarning:
+    """At most one warning per ``every_s``, saying how many were held back since the last."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._unlogged = 0
+
+    def __call__(self, fmt: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._unlogged += 1
+                return
+            self._next = now + self.every_s
+            unlogged, self._unlogged = self._unlogged, 0
+        more = f" ({unlogged} more since the last warning)" if unlogged else ""
+        log.warning(fmt + "%s", *args, more)
+
+
 class Purger:
     """Sends ``PURGE`` for a tile to an HTTP cache (Varnish, nginx, a CDN) with a timeout.
 
@@ -115,10 +138,7 @@ class Purger:
     def __init__(self, template: str, timeout_s: float = 5.0, log_every_s: float = 10.0) -> None:
         self.template = template
         self.timeout_s = timeout_s
-        self.log_every_s = log_every_s
-        self._lock = threading.Lock()
-        self._next_log = 0.0
-        self._unlogged = 0
+        self._warn = ThrottledWarning(log_every_s)
 
     def url(self, job: RenderJob) -> str:
         return purge_url(self.template, job)
@@ -135,37 +155,30 @@ class Purger:
             status = int(e.code)
             e.close()
         except (urllib.error.URLError, TimeoutError, OSError) as e:
-            self._error(job, f"{type(e).__name__}: {getattr(e, 'reason', e)}")
+            self.warn_failed(job, f"{type(e).__name__}: {getattr(e, 'reason', e)}")
             return "error"
         if status in (200, 204):
             return "hit"
         if status == 404:
             return "miss"
-        self._error(job, f"the cache answered {status}")
+        self.warn_failed(job, f"the cache answered {status}")
         return "error"
 
-    def _error(self, job: RenderJob, reason: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next_log:
-                self._unlogged += 1
-                return
-            self._next_log = now + self.log_every_s
-            unlogged, self._unlogged = self._unlogged, 0
-        more = f" ({unlogged} more purge errors since the last warning)" if unlogged else ""
-        log.warning("PURGE of %s failed: %s; the cached tile expires on its own%s",
-                    job.tile, reason, more)  # fmt: skip
+    def warn_failed(self, job: RenderJob, reason: str) -> None:
+        self._warn("PURGE of %s failed: %s; the cached tile expires on its own", job.tile, reason)
 
 
 def purge_url(template: str, job: RenderJob) -> str:
-    """The purge URL template with ``{tms}``, ``{z}``, ``{x}``, ``{y}``, ``{version}`` filled in."""
-    return template.format(tms=job.tms, z=job.z, x=job.x, y=job.y, version=job.version)
+    """The purge URL template with the job's fields (:data:`render.jobs.TEMPLATE_FIELDS`)."""
+    return template.format(**job.fields())
 
 
 class CacheInvalidator:
     """Drops a tile from the caches in front of the store: ``DEL`` of a Redis tile cache key
-    and/or ``PURGE`` to an HTTP cache. Each is counted: hit (it was cached), miss, or (for
-    PURGE) error. Thread-safe: the pool's workers share one."""
+    and/or ``PURGE`` to an HTTP cache. Each is counted: hit (it was cached), miss or error.
+    Never raises: a cache that fails is logged (throttled) and counted, and the job it
+    follows is still done (the tile is committed; the cache entry expires on its own).
+    Thread-safe: the pool's workers share one."""
 
     def __init__(
         self, client: redis.Redis | None, key_template: str | None, purger: Purger | None = None
@@ -176,6 +189,7 @@ class CacheInvalidator:
         self.counts: Counter[str] = Counter()
         self.purges: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._warn = ThrottledWarning()
 
     @property
     def configured(self) -> bool:
@@ -186,14 +200,23 @@ class CacheInvalidator:
         (``"cache hit, purge miss"``), or None if no cache is configured."""
         done = []
         if self.client is not None and self.key_template:
-            key = self.key_template.format(tms=job.tms, z=job.z, x=job.x, y=job.y)
-            result = "hit" if self.client.delete(key) else "miss"
+            try:
+                key = self.key_template.format(**job.fields())
+                result = "hit" if self.client.delete(key) else "miss"
+            except Exception as e:  # a worker thread must not die of a cache
+                self._warn("DEL of the cache key of %s failed: %s: %s; the cached tile expires"
+                           " on its own", job.tile, type(e).__name__, e)  # fmt: skip
+                result = "error"
             with self._lock:
                 self.counts[result] += 1
             metrics.CACHE_INVALIDATIONS.labels(result).inc()
             done.append(f"cache {result}")
         if self.purger is not None:
-            result = self.purger.purge(job)
+            try:
+                result = self.purger.purge(job)
+            except Exception as e:
+                self.purger.warn_failed(job, f"{type(e).__name__}: {e}")
+                result = "error"
             with self._lock:
                 self.purges[result] += 1
             metrics.PURGES.labels(result).inc()
@@ -204,10 +227,23 @@ class CacheInvalidator:
 @dataclass
 class WorkerConfig:
     name: str
-    sla_s: float = 60.0
+    sla_s: float = 120.0
     max_attempts: int = 5
     backoff: Backoff = field(default_factory=Backoff)
     poll_s: float = 1.0
+    retention_s: float = 30 * 86400.0
+    """Ledger history and finished jobs older than this are deleted (the sweep)."""
+
+    @property
+    def stalled_s(self) -> float:
+        """An IN_PROGRESS job not restarted for this long has lost its queue entry: each
+        reclaim (after one SLA) restarts it, so three SLAs means no entry is left."""
+        return 3 * self.sla_s
+
+    @property
+    def failed_s(self) -> float:
+        """A FAILED job waits at most the longest back-off in the retry set."""
+        return self.backoff.max_s + 3 * self.sla_s
 
 
 class RenderWorker:
@@ -239,6 +275,7 @@ class RenderWorker:
         self.on_committed = on_committed
         self.outcomes: Counter[str] = Counter()
         self._next_maintenance = 0.0
+        self._next_sweep = 0.0
 
     @property
     def name(self) -> str:
@@ -276,6 +313,9 @@ class RenderWorker:
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.config.poll_s
             self.queue.promote_due()
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.config.sla_s
+                self.sweep()
             deliveries = self.queue.reclaim(self.name, int(self.config.sla_s * 1000), count=1)
             for d in deliveries:
                 log.warning("%s: reclaimed stalled job %s (%s)", self.name, d.job.key, d.job.tile)
@@ -286,6 +326,16 @@ class RenderWorker:
         for d in deliveries:
             self.process(d)
         return len(deliveries)
+
+    def sweep(self) -> int:
+        """Enqueue again jobs whose queue entry was lost, and apply the ledger's retention
+        (see :meth:`Ledger.sweep` and :meth:`Ledger.trim`); how many were enqueued again."""
+        n = self.ledger.sweep(self.config.stalled_s, self.config.failed_s, self.queue.requeue)
+        if n:
+            log.warning("%s: %d job(s) had no queue entry left and were enqueued again",
+                        self.name, n)  # fmt: skip
+        self.ledger.trim(self.config.retention_s)
+        return n
 
     def process(self, d: Delivery) -> str:
         """Run one delivery to its outcome; returns it (also counted in ``outcomes``)."""
@@ -308,39 +358,44 @@ class RenderWorker:
         started = time.perf_counter()
         try:
             data = self.renderer.render(job)
-            staged = self.store.stage(job, data)
+            staged = self.store.stage(job, data, attempt)
         except Exception as e:
             self.breaker.failure()
             return self._failed(d, attempt, f"render: {type(e).__name__}: {e}")
         self.breaker.success()
+        commit = None
         try:
-            result = self.ledger.commit(job, attempt, self.name, lambda: self.store.commit(staged))
+            commit = self.ledger.commit(job, attempt, self.name, lambda: self.store.commit(staged))
         except psycopg.OperationalError:
             raise  # the ledger is down: leave the job pending, it is reclaimed later
         except Exception as e:
-            self.store.discard(staged)
             return self._failed(d, attempt, f"commit: {type(e).__name__}: {e}")
-        if result is None:  # reclaimed by another worker meanwhile: theirs to finish
-            self.store.discard(staged)
-            self.queue.ack(d)
+        finally:
+            if commit is None or not commit.committed:
+                self.store.discard(staged)  # superseded, covered, lost or failed: not stored
+        if commit is None:  # reclaimed by another worker meanwhile: theirs to finish
+            self.queue.ack(d)  # only if this worker still owns the entry (see RenderQueue.ack)
             return "lost"
         took = time.perf_counter() - started
         metrics.JOBS.labels("COMPLETED").inc()
         metrics.RENDER_LATENCY.labels(str(job.z)).observe(took)
-        log.debug("%s: %s committed in %.3f s", self.name, job.tile, took)
-        self.invalidator.invalidate(job)
-        if self.on_committed is not None and not result.startswith("superseded"):
-            self.on_committed(job, result)
+        log.debug("%s: %s %s in %.3f s", self.name, job.tile, commit.result, took)
+        if commit.committed:
+            self.invalidator.invalidate(job)
+        if self.on_committed is not None and not commit.result.startswith("superseded"):
+            self.on_committed(job, commit.result)
         self.queue.ack(d)
         return "completed"
 
     def _degrade(self, d: Delivery, attempt: int, reason: str, code: str) -> str:
-        self.invalidator.invalidate(d.job)
-        if self.ledger.degraded(d.job, attempt, self.name, reason):
-            metrics.JOBS.labels("DEGRADED").inc()
-            metrics.DEGRADED.labels(code).inc()
-            if self.on_committed is not None:  # the tile server renders the new data on demand
-                self.on_committed(d.job, "invalidated")
+        self.invalidator.invalidate(d.job)  # first: a crash before the record repeats it
+        if not self.ledger.degraded(d.job, attempt, self.name, reason):
+            self.queue.ack(d)  # reclaimed meanwhile: a no-op unless this worker owns the entry
+            return "lost"
+        metrics.JOBS.labels("DEGRADED").inc()
+        metrics.DEGRADED.labels(code).inc()
+        if self.on_committed is not None:  # the tile server renders the new data on demand
+            self.on_committed(d.job, "invalidated")
         self.queue.ack(d)
         return "degraded"
 
@@ -363,7 +418,8 @@ class RenderWorker:
             invalidated = self.invalidator.invalidate(d.job)
             result = f"invalidated ({invalidated})" if invalidated else None
             if not self.ledger.dead(d.job, attempt, self.name, error, result):
-                return "lost"  # reclaimed meanwhile: the queue entry is the other worker's
+                self.queue.ack(d)  # reclaimed meanwhile: a no-op unless this worker owns it
+                return "lost"
             log.warning("%s: job %s is dead after %d attempts: %s; %s",
                         self.name, d.job.tile, attempt, error,
                         result or "no tile cache configured to invalidate")  # fmt: skip
@@ -371,6 +427,7 @@ class RenderWorker:
             self.queue.dead_letter(d, error, attempt, invalidated=invalidated)
             return "dead"
         if not self.ledger.failed(d.job, attempt, self.name, error):
+            self.queue.ack(d)
             return "lost"
         metrics.JOBS.labels("FAILED").inc()
         self.queue.retry_later(d, self.config.backoff.delay(attempt))

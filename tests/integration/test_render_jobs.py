@@ -5,6 +5,7 @@ degrades and recovers, and a pool of threads drains a queue into MBTiles."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import psycopg
 import pytest
 import redis
 
+from operators.coalesce import update_hash
+from render.announce import CommitAnnouncer
 from render.jobs import RenderJob
 from render.ledger import JobState, Ledger
 from render.pool import RenderPool
@@ -34,7 +37,10 @@ from render.worker import (
     RenderWorker,
     WorkerConfig,
 )
+from sinks.redis import RedisTarget
 from tests.support.tileserver import TileServer
+from tilepipe.records import TileUpdate
+from tilepipe.versions import order_key, version_key
 
 pytestmark = pytest.mark.integration
 
@@ -140,10 +146,15 @@ def test_duplicate_triggers_render_once(
     assert completed_once(worker.ledger, job.key)
 
 
+@pytest.mark.parametrize("kind", ["dir", "mbtiles"])
 def test_an_older_version_never_overwrites_a_newer_tile(
-    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path, kind: str
 ) -> None:
-    store = DirectoryStore(tmp_path / "tiles")
+    store: TileStore = (
+        DirectoryStore(tmp_path / "tiles")
+        if kind == "dir"
+        else MBTilesStore(tmp_path / "t.mbtiles")
+    )
     worker = make_worker(queue, ledger_dsn, store, CountingRenderer())
     new, old = RenderJob(TMS, 5, 1, 2, "2.1"), RenderJob(TMS, 5, 1, 2, "2")
     queue.enqueue([new])
@@ -154,7 +165,97 @@ def test_an_older_version_never_overwrites_a_newer_tile(
     assert store.read(5, 1, 2) == committed
     record = worker.ledger.get(old.key)
     assert record is not None and record.state is JobState.COMPLETED
-    assert record.result == "superseded by version 2.1"
+    assert (record.result or "").startswith("superseded")
+    # The superseded job's staged tile is discarded, not left behind (M3).
+    if isinstance(store, DirectoryStore):
+        assert store.staged_files() == []
+    else:
+        assert store.db.execute("SELECT count(*) FROM tilepipe_staging").fetchone() == (0,)
+
+
+def feature_job(obj: str, version: int, ts_ms: int, z: int = 14, x: int = 8805, y: int = 5376):
+    """The render job the dataflow enqueues for one feature's update of one tile."""
+    objects = ((f"feature:s:{obj}", order_key(version_key(version), ts_ms)),)
+    update = TileUpdate(
+        f"{z}:q",
+        TMS,
+        z,
+        x,
+        y,
+        version,
+        objects,
+        update_hash(TMS, z, x, y, objects),
+        ts_ms,
+        ts_ms,
+        ts_ms,
+        1,
+        1,
+        None,
+    )
+    return RenderJob.from_update(update, ts_ms)  # fmt: skip
+
+
+def test_versions_are_compared_per_object_never_across_objects_of_a_tile(
+    queue: RenderQueue, ledger_dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    """H3: feature A at v7 commits a tile, then feature B (its own counter) at v3 changes it:
+    B's job is news, rendered, committed and announced, not "superseded by version 7"."""
+    store = DirectoryStore(tmp_path / "tiles")
+    worker = make_worker(queue, ledger_dsn, store, CountingRenderer())
+    prefix = queue.stream.split(":render:")[0]
+    target = RedisTarget(redis_url, channel=f"{prefix}:tile_updated", prefix=prefix)
+    worker.on_committed = announcer = CommitAnnouncer(target)
+    sub = queue.client.pubsub()
+    sub.subscribe(target.channel)
+    now = int(time.time() * 1000)
+    a7, b3 = feature_job("A", 7, now), feature_job("B", 3, now + 1)
+    try:
+        for job in (a7, b3):
+            queue.enqueue([job])
+            drain(worker, lambda: queue.depth() == 0)
+            record = worker.ledger.get(job.key)
+            assert record is not None and record.state is JobState.COMPLETED
+            assert record.result == str(store.path(14, 8805, 5376)), record.result
+        # A replay of A's older v5 still has nothing new: superseded, not announced.
+        a5 = feature_job("A", 5, now - 1)
+        queue.enqueue([a5])
+        drain(worker, lambda: queue.depth() == 0)
+        assert (worker.ledger.get(a5.key).result or "").startswith("superseded")  # type: ignore[union-attr]
+        announced = []
+        while (m := sub.get_message(timeout=0.5)) is not None:
+            if m["type"] == "message":
+                announced.append(json.loads(m["data"])["version"])
+    finally:
+        sub.close()
+        announcer.close()
+    assert announced == [7, 3]
+    assert store.staged_files() == []
+    assert worker.outcomes == {"completed": 3}
+
+
+def test_at_an_equal_version_an_older_render_never_replaces_a_newer_one(
+    ledger_dsn: str,
+) -> None:
+    """M11: two region re-renders of a tile at one version start in one order and commit in
+    the other; the render that started later stays in the store."""
+    first, second = Ledger(ledger_dsn), Ledger(ledger_dsn)
+    early = RenderJob(TMS, 9, 100, 200, 4, origin="rj_early")
+    late = RenderJob(TMS, 9, 100, 200, 4, origin="rj_late")
+    moved: list[str] = []
+    try:
+        a_early = first.start(early, "w1")
+        a_late = second.start(late, "w2")
+        assert a_early == a_late == 1
+        late_done = second.commit(late, 1, "w2", lambda: moved.append("late") or "late")
+        early_done = first.commit(early, 1, "w1", lambda: moved.append("early") or "early")
+        assert moved == ["late"]  # the earlier render was not moved over the later one
+        assert late_done is not None and late_done.committed and late_done.result == "late"
+        assert early_done is not None and not early_done.committed
+        assert early_done.result.startswith("covered by the later render of job " + late.key)
+        assert first.get(early.key).state is JobState.COMPLETED  # type: ignore[union-attr]
+    finally:
+        first.close()
+        second.close()
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -268,6 +369,60 @@ def test_a_stalled_worker_that_wakes_up_after_a_reclaim_cannot_commit(
     assert store.db.execute("SELECT count(*) FROM tilepipe_staging").fetchone() == (0,)
     assert store.read(8, 10, 20) is not None
     assert queue.depth() == 0
+
+
+def test_a_lost_worker_never_acknowledges_the_entry_its_reclaimer_owns(
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
+) -> None:
+    """M2: w1 stalls, w2 reclaims the same entry and starts attempt 2, then dies. w1's
+    lost commit must leave the entry pending for a third worker, not XACK and XDEL it."""
+    store = DirectoryStore(tmp_path / "tiles")
+    job = RenderJob(TMS, 8, 11, 21, 3)
+    queue.enqueue([job])
+    gated = GatedRenderer()
+    slow = make_worker(queue, ledger_dsn, store, gated, name="slow")
+    t = threading.Thread(target=slow.step)
+    t.start()
+    doomed = Ledger(ledger_dsn)
+    try:
+        assert gated.entered.wait(10)
+        [d2] = queue.reclaim("doomed", min_idle_ms=0)
+        assert doomed.start(d2.job, "doomed") == 2  # ... and then it dies
+    finally:
+        gated.gate.set()
+        t.join(20)
+        doomed.close()
+    assert slow.outcomes == {"lost": 1}
+    pending = queue.client.xpending(queue.stream, queue.GROUP)
+    assert pending["pending"] == 1 and queue.client.xlen(queue.stream) == 1
+    assert store.staged_files() == []
+    rescuer = make_worker(queue, ledger_dsn, store, CountingRenderer(), name="rescuer", sla_s=0.3)
+    drain(rescuer, lambda: queue.depth() == 0)
+    record = rescuer.ledger.get(job.key)
+    assert record is not None and record.state is JobState.COMPLETED
+    assert completed_once(rescuer.ledger, job.key)
+    assert store.read(8, 11, 21) is not None
+
+
+def test_a_job_whose_queue_entry_was_lost_is_enqueued_again_by_the_sweep(
+    queue: RenderQueue, ledger_dsn: str, tmp_path: Path
+) -> None:
+    """M2: a job IN_PROGRESS with no entry left (Redis lost it) is not stuck for ever."""
+    job = RenderJob(TMS, 8, 12, 22, 3)
+    queue.enqueue([job])
+    [d] = queue.read("doomed", block_ms=1000)
+    doomed = Ledger(ledger_dsn)
+    assert doomed.start(d.job, "doomed") == 1
+    doomed.close()
+    queue.client.delete(queue.stream)  # a Redis restarted without its data
+    queue.ensure_group()
+    store = DirectoryStore(tmp_path / "tiles")
+    worker = make_worker(queue, ledger_dsn, store, CountingRenderer(), sla_s=0.2)
+    drain(worker, lambda: worker.outcomes["completed"] == 1, timeout=10)
+    history = worker.ledger.history(job.key)
+    assert [h[0] for h in history] == ["IN_PROGRESS", "QUEUED", "IN_PROGRESS", "COMPLETED"]
+    assert "enqueued again: IN_PROGRESS" in (history[1][3] or "")
+    assert store.read(8, 12, 22) is not None
 
 
 def test_a_failing_renderer_retries_with_backoff_then_the_job_is_dead(
@@ -441,3 +596,78 @@ def test_a_worker_survives_its_stream_being_deleted(
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_queue_state_is_bounded_markers_expire_in_hours_and_the_dead_list_is_capped(
+    redis_url: str,
+) -> None:
+    """M12: the dedup marker lives hours, not 7 days (the ledger is the long-term dedup),
+    and only the newest dead letters are kept."""
+    client = redis.Redis.from_url(redis_url)
+    queue = RenderQueue(client, prefix=f"tilepipe-test-{uuid.uuid4().hex[:8]}", dead_max=2)
+    queue.ensure_group()
+    try:
+        jobs = [RenderJob(TMS, 7, i, 3, 1) for i in range(3)]
+        queue.enqueue(jobs)
+        assert 0 < client.ttl(queue.dedup_prefix + jobs[0].key) <= 6 * 3600
+        for d in queue.read("c", count=3):
+            assert queue.dead_letter(d, "upstream 503", 5)
+        assert [dl["job_key"] for dl in queue.dead_letters()] == [j.key for j in jobs[1:]]
+        assert queue.depth() == 0
+    finally:
+        client.delete(queue.stream, queue.retry_key, queue.dead_key)
+        client.delete(*[queue.dedup_prefix + j.key for j in jobs])
+        client.close()
+
+
+def test_the_ledger_forgets_old_history_and_finished_jobs_but_not_a_regions(
+    ledger_dsn: str,
+) -> None:
+    """M12: retention for render_job_history and finished render_jobs rows."""
+    ledger = Ledger(ledger_dsn)
+    old, recent, region_tile, running = (RenderJob(TMS, 6, i, 6, 1) for i in range(4))
+    try:
+        for job in (old, recent, region_tile, running):
+            attempt = ledger.start(job, "w")
+            assert attempt == 1
+            if job is not running:
+                assert ledger.commit(job, 1, "w", lambda: "somewhere") is not None
+        ledger.conn.execute(
+            "INSERT INTO render_region_tiles (region_id, job_key) VALUES ('rj_x', %s)",
+            (region_tile.key,),
+        )
+        for job in (old, region_tile, running):
+            ledger.conn.execute(
+                "UPDATE render_jobs SET updated_at = now() - interval '40 days' WHERE job_key = %s",
+                (job.key,),
+            )
+        ledger.conn.execute(
+            "UPDATE render_job_history SET at = now() - interval '40 days' WHERE job_key = %s",
+            (old.key,),
+        )
+        assert ledger.trim(30 * 86400) == (2, 1)
+        assert ledger.get(old.key) is None and ledger.history(old.key) == []
+        for job in (recent, region_tile, running):
+            assert ledger.get(job.key) is not None
+        assert len(ledger.history(recent.key)) == 2
+    finally:
+        ledger.close()
+
+
+def test_only_the_consumer_owning_an_entry_settles_it(queue: RenderQueue) -> None:
+    """M2, the mechanism under every ack, retry and dead letter (and _degrade's): after a
+    reclaim the former owner's ack and retry are no-ops; its dead letter is still recorded
+    (the ledger's fenced DEAD decided it) but the entry stays the new owner's."""
+    job = RenderJob(TMS, 7, 9, 9, 1)
+    queue.enqueue([job])
+    [old] = queue.read("a", block_ms=1000)
+    [new] = queue.reclaim("b", min_idle_ms=0)
+    assert old.entry_id == new.entry_id
+    assert not queue.ack(old)
+    assert not queue.retry_later(old, 0)
+    assert not queue.dead_letter(old, "gave up", 5)
+    assert queue.client.zcard(queue.retry_key) == 0
+    assert len(queue.dead_letters()) == 1
+    assert queue.client.xpending(queue.stream, queue.GROUP)["pending"] == 1
+    assert queue.ack(new)
+    assert queue.depth() == 0

@@ -48,9 +48,25 @@ class Handler(BaseHTTPRequestHandler):
             s.most_active = max(s.most_active, s.active)
         try:
             time.sleep(s.delay_s)
+            if self.path.startswith("/trickle/"):  # 1 byte per 0.25 s: 12 s for 48 bytes
+                self.send_response(200)
+                self.send_header("Content-Length", "48")
+                self.end_headers()
+                for _ in range(48):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.25)
+                return
+            if self.path.startswith("/moved/"):
+                self.send_response(302)
+                self.send_header("Location", "/1/0/0.png")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             status, body = (503, b"busy") if "/13/" in self.path else (200, PNG)
             self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
+            if not self.path.startswith("/unsized/"):  # else: the body ends when we close
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
         finally:
@@ -91,7 +107,35 @@ def test_errors_and_timeouts_are_failed_attempts(upstream: Upstream) -> None:
     with pytest.raises(RenderError, match="503"):
         r.render(RenderJob("WebMercatorQuad", 13, 1, 1, 1))
     upstream.delay_s = 1.0
-    with pytest.raises(RenderError, match=r"unreachable|timed out"):
+    with pytest.raises(RenderError, match=r"unreachable|too slow"):
         r.render(RenderJob("WebMercatorQuad", 12, 1, 1, 1))
     with pytest.raises(ValueError):
         HttpRenderer("ftp://nope/{z}")
+
+
+def test_the_timeout_bounds_the_whole_fetch_not_each_read(upstream: Upstream) -> None:
+    """L1: an upstream that trickles a byte every 0.25 s never hits a per-read timeout of
+    1 s; the fetch as a whole must still end at the deadline, as a failed attempt."""
+    r = HttpRenderer(f"{upstream.url}/trickle/{{z}}/{{x}}/{{y}}.png", timeout_s=1.0)
+    with pytest.raises(RenderError, match="too slow"):
+        r.render(RenderJob("WebMercatorQuad", 12, 1, 1, 1))
+    # its slot is free again: a fetch that timed out holds none of the `concurrency` slots
+    ok = HttpRenderer(f"{upstream.url}/{{z}}/{{x}}/{{y}}.png", timeout_s=1.0, concurrency=1)
+    ok.slots = r.slots
+    validate_tile(ok.render(RenderJob("WebMercatorQuad", 12, 1, 1, 1)), "png")
+
+
+def test_redirects_are_not_followed(upstream: Upstream) -> None:
+    r = HttpRenderer(f"{upstream.url}/moved/{{z}}/{{x}}/{{y}}.png", timeout_s=2)
+    with pytest.raises(RenderError, match=r"302.*not followed"):
+        r.render(RenderJob("WebMercatorQuad", 12, 1, 1, 1))
+    assert upstream.paths == ["/moved/12/1/1.png"]
+
+
+@pytest.mark.parametrize("kind", ["sized", "unsized"])
+def test_a_tile_over_the_size_cap_is_a_failed_attempt(upstream: Upstream, kind: str) -> None:
+    r = HttpRenderer(f"{upstream.url}/{kind}/{{z}}/{{x}}/{{y}}.png", max_bytes=len(PNG) - 1)
+    with pytest.raises(RenderError, match="cap"):
+        r.render(RenderJob("WebMercatorQuad", 12, 1, 1, 1))
+    fits = HttpRenderer(f"{upstream.url}/{kind}/{{z}}/{{x}}/{{y}}.png", max_bytes=len(PNG))
+    assert fits.render(RenderJob("WebMercatorQuad", 12, 1, 1, 1)) == PNG

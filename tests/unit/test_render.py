@@ -3,14 +3,18 @@ the command renderer, back-off and the circuit breaker."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
+import redis
 
 from render.jobs import RenderJob, job_key
 from render.renderers import BuiltinRenderer, CommandRenderer, RenderError, build_renderer
+from render.settings import RenderSettings
 from render.stores import DirectoryStore, InvalidTile, MBTilesStore, build_store, validate_tile
-from render.worker import Backoff, CircuitBreaker
+from render.worker import Backoff, CacheInvalidator, CircuitBreaker
 
 JOB = RenderJob("WebMercatorQuad", 12, 2200, 1343, "4.2.0", hash="abc")
 
@@ -152,3 +156,93 @@ def test_render_worker_config_errors_exit_2_with_one_line(monkeypatch, capsys) -
         main(["render-worker", "--help"])
     assert exit_.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "setting"),
+    [
+        # L2: the SLA must outlast a render at its timeout, the PURGE and a margin.
+        ("TILEPIPE_RENDER_SLA", "60s", "sla"),
+        # L3: every template is checked at startup, not at the first job.
+        ("TILEPIPE_RENDER_CACHE_KEY", "tilecache:{z}:{x}:{y}:{style}", "cache_key"),
+        ("TILEPIPE_RENDER_RENDERER", "http:http://up/{z}/{x}/{y}.png?s={style}", "renderer"),
+        ("TILEPIPE_RENDER_RENDERER", 'command:render --json {"z": {z}}', "renderer"),
+        ("TILEPIPE_RENDER_RENDERER", "command:render 'unbalanced", "renderer"),
+        ("TILEPIPE_RENDER_PURGE_URL", "http://cache/{zoom}.png", "purge_url"),
+        ("TILEPIPE_RENDER_CACHE_KEY", "tilecache:{z}:{version:05d}", "cache_key"),  # "4.2.0"
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env, value, setting
+) -> None:
+    from tilepipe.cli import main
+
+    monkeypatch.setenv(env, value)
+    monkeypatch.setenv("TILEPIPE_RENDER_LEDGER", "postgresql://x@127.0.0.1:1/x")
+    assert main(["render-worker"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"tilepipe render-worker: invalid setting {setting}: "), err
+
+
+def test_the_defaults_are_consistent_and_every_template_field_is_accepted() -> None:
+    s = RenderSettings()
+    assert s.sla > s.timeout + s.purge_timeout  # L2: 60 s each before
+    fields = "{tms}/{z}/{x}/{y}/{version}/{key}"
+    RenderSettings(cache_key="tilecache:" + fields, purge_url="http://c/" + fields,
+                   renderer="http:http://up/" + fields)  # fmt: skip
+    RenderSettings(renderer="command:render " + fields + " '{{literal}}'")
+    RenderSettings(timeout="10s", sla="25s")  # 10 + 5 (purge) + 10 (margin)
+    with pytest.raises(ValueError, match="at least 25s"):
+        RenderSettings(timeout="10s", sla="24s")
+
+
+def test_a_failing_cache_never_raises_out_of_invalidate() -> None:
+    """L3: a cache that fails (here a Redis that is not there) is counted and logged; the
+    worker thread that committed the tile must not die of it."""
+    dead_redis = redis.Redis(port=1, socket_connect_timeout=0.5)
+    inv = CacheInvalidator(dead_redis, "tilecache:{z}:{x}:{y}:{version}")
+    assert inv.invalidate(JOB) == "cache error"
+    assert inv.counts == {"error": 1}
+
+
+def test_the_staging_directory_is_outside_the_served_tree(tmp_path) -> None:
+    """L10: staged and discarded tiles are never under the tree the tile server serves."""
+    store = DirectoryStore(tmp_path / "tiles")
+    assert not store.staging.resolve().is_relative_to(store.root.resolve())
+    assert store.staging.parent == store.root.parent  # same volume: the move is a rename
+    staged = store.stage(JOB, BuiltinRenderer().render(JOB))
+    assert not Path(staged.location).is_relative_to(store.root)
+    with pytest.raises(ValueError, match="inside the served tile tree"):
+        DirectoryStore(tmp_path / "t2", staging=tmp_path / "t2" / ".staging")
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        with pytest.raises(ValueError, match="not on the filesystem"):
+            DirectoryStore(tmp_path / "t3", staging=shm / f"tp-{os.getpid()}")
+
+
+def test_staging_never_writes_through_a_planted_symlink(tmp_path) -> None:
+    """L10: O_EXCL | O_NOFOLLOW: a symlink at the staging name fails the attempt instead of
+    redirecting the write to wherever it points."""
+    store = DirectoryStore(tmp_path / "tiles")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    for name in (f"{JOB.key}.png", f"{JOB.key}.0.png"):
+        (store.staging / name).symlink_to(victim)
+    with pytest.raises(OSError):
+        store.stage(JOB, BuiltinRenderer().render(JOB))
+    assert victim.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("kind", ["dir", "mbtiles"])
+def test_attempts_of_one_job_stage_apart(tmp_path, kind: str) -> None:
+    """A stalled attempt and its reclaim never remove each other's staged tile; a later
+    attempt removes what an earlier (crashed) one left."""
+    store = DirectoryStore(tmp_path / "tiles") if kind == "dir" else MBTilesStore(tmp_path / "t.mb")
+    png = BuiltinRenderer().render(JOB)
+    first = store.stage(JOB, png, 1)
+    second = store.stage(JOB, png, 2)  # the reclaim: attempt 1's leftover goes
+    store.stage(JOB, png, 1)  # the stalled attempt wakes up and stages again
+    store.discard(first)  # ... and is fenced out by the ledger
+    store.commit(second)
+    assert store.read(12, 2200, 1343) == png

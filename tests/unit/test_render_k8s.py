@@ -12,6 +12,7 @@ import yaml
 
 from render.queue import RenderQueue
 from render.settings import RenderSettings
+from render.stores import default_staging
 
 K8S = Path(__file__).parents[2] / "k8s" / "render"
 
@@ -51,10 +52,13 @@ def test_deployment_configures_real_settings(monkeypatch: pytest.MonkeyPatch) ->
     for name, value in env.items():
         if value is not None:
             monkeypatch.setenv(name, value)
-    settings = RenderSettings()
-    assert settings.store == "dir:/srv/tiles" and settings.broadcast is not None
+    settings = RenderSettings()  # valid: the SLA outlasts a render at its timeout (L2)
+    assert settings.store == "dir:/srv/tilepipe/tiles" and settings.broadcast is not None
     [mount] = container["volumeMounts"]
-    assert settings.store.removeprefix("dir:") == mount["mountPath"]
+    # The tiles and their staging directory (beside them, L10) are both on the tile volume.
+    root = Path(settings.store.removeprefix("dir:"))
+    staging = Path(settings.staging) if settings.staging else default_staging(root)
+    assert root.parent == staging.parent == Path(mount["mountPath"])
     [port] = container["ports"]
     assert port["containerPort"] == settings.metrics_port
     probes = {container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")}
