@@ -209,8 +209,9 @@ class Ingress:
             raise Rejected(
                 401,
                 "missing_signature",
-                f"sign the request: {TIMESTAMP_HEADER} (unix seconds) and"
-                f" {SIGNATURE_HEADER}: sha256=HMAC-SHA256(secret, timestamp + '.' + body)",
+                f"sign the request: {TIMESTAMP_HEADER} (unix seconds) and {SIGNATURE_HEADER}:"
+                " sha256=HMAC-SHA256(secret, METHOD + '\\n' + path?query + '\\n' + timestamp"
+                " + '\\n' + body)",
             )
         ts = parse_timestamp(timestamp)
         if ts is None:  # never int() or float arithmetic on an unbounded header

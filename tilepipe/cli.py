@@ -90,15 +90,16 @@ def _run_parser(sub: Any) -> argparse.ArgumentParser:
 
 INGRESS_EXAMPLES = """\
 examples:
-  TILEPIPE_HMAC_SECRETS=k2026:s3cret tilepipe ingress --listen 0.0.0.0:8080 \\
+  TILEPIPE_HMAC_SECRETS=k2026:$(openssl rand -hex 32) tilepipe ingress --listen 0.0.0.0:8080 \\
       --sink kafka://127.0.0.1:9092/tile-events
   tilepipe ingress --listen 127.0.0.1:8443 --sink kafka://broker:9092/tile-events \\
       --tls-certfile cert.pem --tls-keyfile key.pem     # TLS when running bare
 
 POST /v1/events takes one event (application/json) or a batch (application/x-ndjson),
 signed: X-Tilepipe-Timestamp (unix seconds) and X-Tilepipe-Signature: sha256=<hex of
-HMAC-SHA256(secret, timestamp + "." + body)>. 202 once the broker acknowledged; 401, 400,
-413, 415, 422 for bad requests; 503 + Retry-After while the broker is unavailable.
+HMAC-SHA256(secret, "POST\\n/v1/events\\n" + timestamp + "\\n" + body)>; keys of 32 bytes or
+more. 202 once the broker acknowledged; 401, 400, 408, 409, 413, 415, 422 for bad requests;
+503 + Retry-After while the broker is unavailable or too many bodies are arriving.
 Other settings are TILEPIPE_INGRESS_* variables (e.g. TILEPIPE_INGRESS_DEDUP_WINDOW=10m).
 """
 
