@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
             kafka = stack.enter_context(start_kafka())
             topic = kafka.new_topic("bench-ingress", partitions=4)
-            secret = b"bench-secret"
+            secret = b"bench-secret-0123456789abcdef0123456789"  # 32 bytes at least
             quiet = {"TILEPIPE_LOG_LEVEL": "WARNING"}
             ingress = stack.enter_context(
-                IngressProcess(kafka.url(topic), secrets="bench:bench-secret", env=quiet)
+                IngressProcess(kafka.url(topic), secrets=f"bench:{secret.decode()}", env=quiet)
             )
             url = ingress.url
         host = urlsplit(url).netloc

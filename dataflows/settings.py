@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tilepipe.signing import parse_secrets
+from tilepipe.signing import check_strength, parse_secrets
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     dlq_raw_limit: Annotated[int, Field(ge=64)] = 64 * 1024
     hmac_secrets: SecretStr | None = None
     """``keyid:secret[,keyid:secret]``: when set, records must carry a valid signature."""
+    hmac_verify_secrets: SecretStr | None = None
+    """Retired keys records on the topic may still be signed with (``keyid:secret,…``):
+    accepted when verifying, never used to sign. Keep one for the topic's retention plus
+    the longest lag or rewind after it leaves TILEPIPE_HMAC_SECRETS."""
+    require_signatures: bool = False
+    """Refuse to start without TILEPIPE_HMAC_SECRETS, so a missing Secret cannot turn
+    verification off silently (on in k8s/configmap.yaml)."""
+    signature_max_age: Duration = timedelta(days=7)
+    """A record signed longer than this before it is read is dead-lettered as
+    ``bad_signature`` (a replay); keep it at or above the raw topic's retention."""
 
     # Fan-out (features and telemetry)
     feature_minzoom: Annotated[int, Field(ge=0, le=30)] = 0
@@ -176,15 +186,37 @@ class Settings(BaseSettings):
         _require_scheme("dlq", v, ("file", "kafka"))
         return v
 
-    @field_validator("hmac_secrets")
+    @field_validator("hmac_secrets", "hmac_verify_secrets")
     @classmethod
-    def _check_secrets(cls, v: SecretStr | None) -> SecretStr | None:
+    def _check_secrets(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if v is not None:
-            parse_secrets(v.get_secret_value())  # a mistake stops the job before it starts
+            # A mistake, a placeholder or a short key stops the job before it starts.
+            check_strength(
+                parse_secrets(v.get_secret_value()), f"TILEPIPE_{info.field_name}".upper()
+            )
+        return v
+
+    @field_validator("require_signatures")
+    @classmethod
+    def _check_required(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and secrets_from(info.data.get("hmac_secrets")) is None:
+            raise ValueError(
+                "signatures are required but TILEPIPE_HMAC_SECRETS is unset (is the"
+                " tilepipe-hmac Secret there?); set the keys, or TILEPIPE_REQUIRE_SIGNATURES=false"
+                " to run unauthenticated"
+            )
         return v
 
     def secrets_by_key(self) -> dict[str, bytes] | None:
-        return secrets_from(self.hmac_secrets)
+        """The keys records are verified with: the active ones, then the verify-only ones."""
+        active = secrets_from(self.hmac_secrets)
+        if active is None:
+            return None
+        retired = secrets_from(self.hmac_verify_secrets) or {}
+        for kid, secret in retired.items():
+            if active.get(kid, secret) != secret:
+                raise ValueError(f"HMAC key id {kid!r} has two different secrets")
+        return {**retired, **active}
 
 
 def secrets_from(value: SecretStr | None) -> dict[str, bytes] | None:

@@ -48,6 +48,7 @@ def validation_config(s: Settings) -> ValidationConfig:
         max_record_bytes=s.max_record_bytes,
         max_future_ms=int(s.max_future.total_seconds() * 1000),
         hmac_secrets=s.secrets_by_key(),
+        signature_max_age_ms=int(s.signature_max_age.total_seconds() * 1000),
         geometry=GeometryRules(
             max_vertices=s.max_vertices, repair=s.geometry_repair, max_zoom=s.max_zoom
         ),

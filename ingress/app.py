@@ -3,19 +3,26 @@
 A request is checked from the cheapest test to the dearest, and nothing
 reaches the broker until it passed all that apply to the whole request:
 
-1. signature headers present, timestamp within the tolerance window → else 401
+1. signature headers present, timestamp (at most 12 digits) within the tolerance
+   window → else 401
 2. ``Content-Type`` JSON or NDJSON → else 415
-3. body within ``max_request_bytes`` (read with the limit) → else 413
-4. HMAC of ``timestamp + "." + body`` matches an active secret → else 401
+3. body within ``max_request_bytes`` (read with the limit) → else 413, and whole
+   within ``body_timeout`` → else 408; while all unverified bodies together hold
+   ``max_unauthenticated_bytes`` → 503 + Retry-After
+4. HMAC of ``POST\n/v1/events\ntimestamp\nbody`` (:mod:`tilepipe.signing`)
+   matches an active secret → else 401
 5. each record valid by the dataflow's own rules → else its 400/413/422
-6. records whose ``event_id`` the window remembers → 202, not produced again
+6. records whose ``(key_id, source, event_id)`` the window remembers → 202, not
+   produced again; the same identity with other bytes → 409
 7. the rest produced with ``acks=all``; 202 once acknowledged, else 503 + Retry-After
 
 Every record on the topic carries its event id, the request's timestamp, a
-signature the dataflow can verify for that record alone (the client's own when
-the record is the whole body, else the same key's over the record), the id of
-the key that matched, and the ingest time, which never goes backwards in this
-process: header ``x-tilepipe-ingest-ms`` and the Kafka message timestamp.
+record signature (``RECORD`` domain) made with the ingress's newest key, the id
+of that key, and the ingest time, which never goes backwards in this process:
+header ``x-tilepipe-ingest-ms`` and the Kafka message timestamp. Re-signing with
+the newest key, whatever key the client used, means a key can be retired at the
+ingress without touching what is on the topic: the dataflow only needs the keys
+records were signed with, which after a rotation is one (README, "Rotating keys").
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from starlette.routing import Route
 
 from ingress import jobs as jobs_api
 from ingress import metrics
-from ingress.dedup import DedupWindow, IngestClock
+from ingress.dedup import DedupWindow, EventIdentity, IngestClock, digest
 from ingress.intake import (
     ACCEPTED_MEDIA_TYPES,
     Checked,
@@ -47,9 +54,15 @@ from ingress.intake import (
 )
 from ingress.jobs import JobsAPI
 from ingress.producer import OutRecord
-from ingress.settings import IngressSettings
+from ingress.settings import IngressSettings, host_port
 from operators.validate import ValidationConfig
-from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, matching_key, sign
+from tilepipe.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    matching_key,
+    parse_timestamp,
+    sign,
+)
 
 log = logging.getLogger("tilepipe.ingress")
 
@@ -103,6 +116,11 @@ class Ingress:
         self.producer = producer
         self.jobs = jobs
         self.tolerance_s = settings.signature_tolerance.total_seconds()
+        self.body_timeout_s = settings.body_timeout.total_seconds()
+        # Records are signed with the newest key: the last one listed.
+        self.signing_key_id = list(secrets)[-1]
+        # Bytes buffered by bodies whose signature is not checked yet, all requests together.
+        self.unverified_bytes = 0
         self.window = DedupWindow(settings.dedup_window.total_seconds(), settings.dedup_max_entries)
         self.clock = IngestClock()
         self.rules = settings.geometry_rules()
@@ -112,8 +130,8 @@ class Ingress:
             hmac_secrets=None,  # the request's signature is checked once, over the body
             geometry=self.rules,
         )
-        # event_id -> whether its produce succeeded, for requests racing on one id.
-        self._in_flight: dict[str, asyncio.Future[bool]] = {}
+        # identity -> (digest, whether its produce succeeded), for requests racing on one id.
+        self._in_flight: dict[EventIdentity, tuple[bytes, asyncio.Future[bool]]] = {}
         self.ready = False
 
     # -- the endpoint ---------------------------------------------------------------
@@ -141,7 +159,10 @@ class Ingress:
         metrics.REJECTIONS.labels(r.reason).inc()
         client = request.client.host if request.client else None
         log.info("request rejected: %s", r.reason, extra={"status": r.status, "client": client})
-        return json_response(r.status, {"error": r.reason, "message": r.message, **r.extra})
+        headers = {"Retry-After": str(self.settings.retry_after)} if r.status == 503 else None
+        return json_response(
+            r.status, {"error": r.reason, "message": r.message, **r.extra}, headers
+        )
 
     async def _handle(self, request: Request) -> Response:
         headers = request.headers
@@ -156,18 +177,7 @@ class Ingress:
                 f"Content-Type must be {' or '.join(ACCEPTED_MEDIA_TYPES)} (UTF-8)",
             )
         body = await self._read_body(request)
-        assert signature is not None and timestamp is not None
-        key_id = matching_key(
-            self.secrets, timestamp.encode("latin-1"), body, signature.encode("latin-1")
-        )
-        if key_id is None:
-            metrics.SIGNATURE_FAILURES.labels("mismatch").inc()
-            raise Rejected(
-                401,
-                "bad_signature",
-                f"{SIGNATURE_HEADER} does not match the body under any active key",
-            )
-        metrics.SIGNATURES_VERIFIED.labels(key_id).inc()
+        key_id = self._authenticate(request, body)
 
         values = split_records(body, kind)
         if not values:
@@ -189,7 +199,8 @@ class Ingress:
             else:
                 results[c.index] = rejection_result(c, self.rules)
                 metrics.REJECTIONS.labels(c.rejection.reason).inc()
-        await self._produce(good, results, timestamp, signature, key_id, body)
+        assert timestamp is not None
+        await self._produce(good, results, timestamp, key_id)
         return self._answer(results, kind)
 
     def _check_timestamp(self, signature: str | None, timestamp: str | None) -> None:
@@ -198,16 +209,14 @@ class Ingress:
             raise Rejected(
                 401,
                 "missing_signature",
-                f"sign the request: {TIMESTAMP_HEADER} (unix seconds) and"
-                f" {SIGNATURE_HEADER}: sha256=HMAC-SHA256(secret, timestamp + '.' + body)",
+                f"sign the request: {TIMESTAMP_HEADER} (unix seconds) and {SIGNATURE_HEADER}:"
+                " sha256=HMAC-SHA256(secret, METHOD + '\\n' + path?query + '\\n' + timestamp"
+                " + '\\n' + body)",
             )
-        try:
-            ts = int(timestamp)
-        except ValueError:
+        ts = parse_timestamp(timestamp)
+        if ts is None:  # never int() or float arithmetic on an unbounded header
             metrics.SIGNATURE_FAILURES.labels("malformed").inc()
-            raise Rejected(
-                401, "bad_timestamp", f"{TIMESTAMP_HEADER} must be unix seconds"
-            ) from None
+            raise Rejected(401, "bad_timestamp", f"{TIMESTAMP_HEADER} must be unix seconds")
         skew = time.time() - ts
         if abs(skew) > self.tolerance_s:
             metrics.SIGNATURE_FAILURES.labels("expired").inc()
@@ -227,13 +236,37 @@ class Ingress:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
+        budget = self.settings.max_unauthenticated_bytes
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        # Bytes of this body counted in unverified_bytes. They are released when the
+        # read ends; the caller checks the signature before its next await, so the
+        # count covers every unverified byte the event loop can see.
+        held = 0
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    if self.unverified_bytes + len(chunk) > budget:
+                        raise Rejected(
+                            503,
+                            "busy",
+                            "too many request bodies are arriving at once; retry after Retry-After",
+                        )
+                    self.unverified_bytes += len(chunk)
+                    held += len(chunk)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Rejected(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {self.body_timeout_s:g} s; send it at once"
+                " (or smaller batches)",
+            ) from None
+        finally:
+            self.unverified_bytes -= held
         return b"".join(chunks)
 
     async def _produce(
@@ -241,31 +274,36 @@ class Ingress:
         good: list[Checked],
         results: list[dict[str, Any] | None],
         timestamp: str,
-        signature: str,
         key_id: str,
-        body: bytes,
     ) -> None:
         """Produce the records not seen before; fill in every record's result."""
         loop = asyncio.get_running_loop()
-        to_send: list[tuple[Checked, asyncio.Future[bool]]] = []
+        to_send: list[tuple[Checked, EventIdentity, asyncio.Future[bool]]] = []
         waiting: list[tuple[Checked, asyncio.Future[bool]]] = []
         for c in good:
-            eid = c.event_id
-            assert eid is not None
-            if eid in self.window:
+            assert c.event_id is not None and c.source is not None
+            identity = (key_id, c.source, c.event_id)
+            seen = self.window.get(identity)
+            racing = self._in_flight.get(identity)  # an earlier record, or a concurrent request
+            known = seen if seen is not None else racing[0] if racing is not None else None
+            if known is not None and known != digest(c.value):
+                results[c.index] = _conflict(c)
+                metrics.REJECTIONS.labels("event_id_conflict").inc()
+            elif seen is not None:
                 results[c.index] = _ok(c, "duplicate")
-            elif eid in self._in_flight:  # an earlier record, or a concurrent request
-                waiting.append((c, self._in_flight[eid]))
+            elif racing is not None:
+                waiting.append((c, racing[1]))
             else:
                 fut: asyncio.Future[bool] = loop.create_future()
-                self._in_flight[eid] = fut
-                to_send.append((c, fut))
+                self._in_flight[identity] = (digest(c.value), fut)
+                to_send.append((c, identity, fut))
         try:
             if to_send:
                 ingest_ms = self.clock.now_ms()
                 ingest = str(ingest_ms).encode()
                 ts = timestamp.encode()
-                secret = self.secrets[key_id]
+                signer = self.signing_key_id
+                secret = self.secrets[signer]
                 records = [
                     OutRecord(
                         key=c.key.encode(),  # type: ignore[union-attr]
@@ -273,18 +311,13 @@ class Ingress:
                         headers=[
                             (EVENT_ID_HEADER, c.event_id.encode()),  # type: ignore[union-attr]
                             (TIMESTAMP_HEADER, ts),
-                            (
-                                SIGNATURE_HEADER,
-                                signature.encode()
-                                if c.value is body
-                                else sign(secret, timestamp, c.value).encode(),
-                            ),
-                            (KEY_ID_HEADER, key_id.encode()),
+                            (SIGNATURE_HEADER, sign(secret, timestamp, c.value).encode()),
+                            (KEY_ID_HEADER, signer.encode()),
                             (INGEST_HEADER, ingest),
                         ],
                         timestamp_ms=ingest_ms,
                     )
-                    for c, _ in to_send
+                    for c, _, _ in to_send
                 ]
                 started = time.perf_counter()
                 errors = await self.producer.send(records)
@@ -297,18 +330,18 @@ class Ingress:
                         len(records),
                         failures[0],
                     )
-                for (c, fut), err in zip(to_send, errors, strict=True):
+                for (c, identity, fut), err in zip(to_send, errors, strict=True):
                     if err is None:
-                        self.window.add(c.event_id)  # type: ignore[arg-type]
+                        self.window.add(identity, self._in_flight[identity][0])
                         results[c.index] = _ok(c, "accepted")
                     else:
                         results[c.index] = self._unavailable(c)
                     fut.set_result(err is None)
         finally:
-            for c, fut in to_send:
+            for _, identity, fut in to_send:
                 if not fut.done():  # cancelled or failed before the broker answered
                     fut.set_result(False)
-                self._in_flight.pop(c.event_id, None)  # type: ignore[arg-type]
+                self._in_flight.pop(identity, None)
         for c, fut in waiting:
             acked = await asyncio.shield(fut)
             results[c.index] = _ok(c, "duplicate") if acked else self._unavailable(c)
@@ -352,19 +385,34 @@ class Ingress:
 
     # -- the job API (ingress/jobs.py) -------------------------------------------------
 
-    def _authenticate(self, request: Request, signed: bytes) -> None:
-        """Raise :class:`Rejected` unless the request is signed over ``signed``."""
+    def _authenticate(self, request: Request, body: bytes) -> str:
+        """The id of the key the request is signed with; raises :class:`Rejected` if none.
+
+        The signature covers the method, the request target as sent (``path?query``),
+        the timestamp and the body (empty for a GET): :mod:`tilepipe.signing`.
+        """
         signature = request.headers.get(SIGNATURE_HEADER)
         timestamp = request.headers.get(TIMESTAMP_HEADER)
         self._check_timestamp(signature, timestamp)
         assert signature is not None and timestamp is not None
         key_id = matching_key(
-            self.secrets, timestamp.encode("latin-1"), signed, signature.encode("latin-1")
+            self.secrets,
+            timestamp.encode("latin-1"),
+            body,
+            signature.encode("latin-1"),
+            method=request.method,
+            target=request_target(request),
         )
         if key_id is None:
             metrics.SIGNATURE_FAILURES.labels("mismatch").inc()
-            raise Rejected(401, "bad_signature", f"{SIGNATURE_HEADER} does not match the request")
+            raise Rejected(
+                401,
+                "bad_signature",
+                f"{SIGNATURE_HEADER} does not match the request under any active key (it"
+                " signs METHOD, path?query, timestamp and body: see the README, Signing)",
+            )
         metrics.SIGNATURES_VERIFIED.labels(key_id).inc()
+        return key_id
 
     async def _jobs_call(self, request: Request) -> Response:
         assert self.jobs is not None
@@ -379,8 +427,7 @@ class Ingress:
                 self._authenticate(request, body)
                 response = await jobs_api.post_job(self.jobs, request, body)
             else:
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                self._authenticate(request, target.encode())
+                self._authenticate(request, b"")
                 if "id" in request.path_params:
                     response = await jobs_api.get_job(self.jobs, request.path_params["id"])
                 else:
@@ -411,12 +458,41 @@ class Ingress:
             return json_response(503, {"status": "starting or stopping"})
         return json_response(200, {"status": "ready"})
 
-    async def metrics_endpoint(self, _request: Request) -> Response:
+    async def metrics_endpoint(self, request: Request) -> Response:
+        if not self._on_metrics_port(request):
+            return Response(status_code=404)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    def _on_metrics_port(self, request: Request) -> bool:
+        """With ``metrics_listen`` set, /metrics is served on that port only."""
+        if self.settings.metrics_listen is None:
+            return True
+        server = request.scope.get("server")
+        return server is not None and server[1] == host_port(self.settings.metrics_listen)[1]
 
 
 def _ok(c: Checked, result: str) -> dict[str, Any]:
     return {"index": c.index, "event_id": c.event_id, "status": 202, "result": result}
+
+
+def _conflict(c: Checked) -> dict[str, Any]:
+    return {
+        "index": c.index,
+        "event_id": c.event_id,
+        "status": 409,
+        "result": "rejected",
+        "reason": "event_id_conflict",
+        "message": "this event_id was accepted from this key and source with other content"
+        " within the dedup window; give a new event a new event_id",
+    }
+
+
+def request_target(request: Request) -> str:
+    """``path?query`` exactly as the client sent it (what the client signed)."""
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else request.url.path
+    query = request.scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
 
 
 def create_app(ingress: Ingress) -> Starlette:

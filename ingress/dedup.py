@@ -1,15 +1,20 @@
-"""The ingress's memory of recently accepted ``event_id``s, and its ingest clock.
+"""The ingress's memory of recently accepted events, and its ingest clock.
 
-:class:`DedupWindow` remembers the ids the broker acknowledged for
+:class:`DedupWindow` remembers the events the broker acknowledged for
 ``window`` seconds, bounded to ``max_entries`` (the oldest are forgotten
-first). Only acknowledged ids go in: an event whose produce failed is not
-remembered, so the client's retry is produced. It is per process on purpose:
-the ingress then depends on nothing but Kafka, and a retry that lands on
-another replica (or after the window) costs one extra record on the topic,
-which the dataflow drops as a duplicate or stale version and the Redis store
-never broadcasts twice. A shared Redis ``SET NX`` would add a second
-dependency to the write path and still leave a gap between the set and the
-acknowledgement.
+first). An event is known by ``(key_id, source, event_id)``: ids are unique
+only per producer, so two producers (or one producer's two sources) that both
+number their events 1, 2, 3… must not suppress each other's. With each id the
+window keeps a digest of the record's bytes: the same identity with different
+bytes is not a retry but a conflict, which the ingress answers 409 instead of
+"202 duplicate" and dropping the record. Only acknowledged events go in: an
+event whose produce failed is not remembered, so the client's retry is
+produced. It is per process on purpose: the ingress then depends on nothing
+but Kafka, and a retry that lands on another replica (or after the window)
+costs one extra record on the topic, which the dataflow drops as a duplicate
+or stale version and the Redis store never broadcasts twice. A shared Redis
+``SET NX`` would add a second dependency to the write path and still leave a
+gap between the set and the acknowledgement.
 
 :class:`IngestClock` gives ingest timestamps that never go backwards within a
 process, whatever the wall clock does.
@@ -17,13 +22,22 @@ process, whatever the wall clock does.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+EventIdentity = tuple[str, str, str]
+"""``(key_id, source, event_id)``."""
+
+
+def digest(value: bytes) -> bytes:
+    """What the window keeps of a record's bytes (16 bytes of BLAKE2b: no collisions by chance)."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
 
 class DedupWindow:
-    """Ids seen within the last ``window`` seconds, at most ``max_entries`` of them."""
+    """Events seen within the last ``window`` seconds, at most ``max_entries`` of them."""
 
     def __init__(
         self,
@@ -34,21 +48,23 @@ class DedupWindow:
         self.window = window
         self.max_entries = max_entries
         self._clock = clock
-        # id -> when it expires; insertion order is expiry order (constant window,
-        # monotonic clock), so expired ids are always at the front.
-        self._expires: OrderedDict[str, float] = OrderedDict()
+        # identity -> (when it expires, digest of the bytes); insertion order is expiry
+        # order (constant window, monotonic clock), so expired ids are always at the front.
+        self._expires: OrderedDict[EventIdentity, tuple[float, bytes]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._expires)
 
-    def __contains__(self, event_id: object) -> bool:
+    def get(self, identity: EventIdentity) -> bytes | None:
+        """The digest remembered for ``identity``, or ``None``."""
         self._expire()
-        return event_id in self._expires
+        entry = self._expires.get(identity)
+        return None if entry is None else entry[1]
 
-    def add(self, event_id: str) -> None:
+    def add(self, identity: EventIdentity, body_digest: bytes) -> None:
         self._expire()
-        self._expires[event_id] = self._clock() + self.window
-        self._expires.move_to_end(event_id)
+        self._expires[identity] = (self._clock() + self.window, body_digest)
+        self._expires.move_to_end(identity)
         while len(self._expires) > self.max_entries:
             self._expires.popitem(last=False)
 
@@ -56,7 +72,7 @@ class DedupWindow:
         now = self._clock()
         expires = self._expires
         while expires:
-            first = next(iter(expires.values()))
+            first = next(iter(expires.values()))[0]
             if first > now:
                 return
             expires.popitem(last=False)

@@ -70,22 +70,26 @@ class Checked:
     features and sensors, their object (``feature:{source}:{id}``), whose versions
     the dataflow orders."""
     rejection: DeadLetter | None
+    source: str | None = None
+    """The record's ``source``: with the key id and the event id, its identity in the
+    ingress's dedup window (ids are only unique per producer)."""
 
 
 def check_record(index: int, value: bytes, config: ValidationConfig, now_ms: float) -> Checked:
     out = validate_record(RawRecord(value, {"index": index}, now_ms), config)
     if isinstance(out, DeadLetter):
         return Checked(index, value, None, None, out)
-    return Checked(index, value, *_identity(out), None)
+    event_id, key, source = _identity(out)
+    return Checked(index, value, event_id, key, None, source)
 
 
-def _identity(event: TileEvent | FanOutEvent) -> tuple[str, str]:
+def _identity(event: TileEvent | FanOutEvent) -> tuple[str, str, str]:
     if isinstance(event, TileEvent):
-        return event.event_id, event.key
+        return event.event_id, event.key, event.source
     m = event.model
     if m.kind == "feature":
-        return m.event_id, f"feature:{m.source}:{m.feature_id}"
-    return m.event_id, f"sensor:{m.source}:{m.sensor_id}"
+        return m.event_id, f"feature:{m.source}:{m.feature_id}", m.source
+    return m.event_id, f"sensor:{m.source}:{m.sensor_id}", m.source
 
 
 def rejection_status(dead: DeadLetter) -> int:

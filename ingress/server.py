@@ -1,11 +1,11 @@
 """Running the ingress: checks first, then uvicorn.
 
-:func:`prepare` turns the usual mistakes (no secret, a broker that does not
-answer, a missing topic, a port in use, a TLS file that cannot be read) into
-one line before anything is served. :func:`serve` runs uvicorn on the socket
-it bound, with uvloop and httptools, TLS when configured, and a graceful
-drain on SIGTERM: the listener closes, in-flight requests finish, the
-producer flushes.
+:func:`prepare` turns the usual mistakes (no secret, a placeholder or short
+secret, a broker that does not answer, a missing topic, a port in use, a TLS
+file that cannot be read) into one line before anything is served.
+:func:`serve` runs uvicorn on the socket it bound, with uvloop and httptools,
+TLS when configured, a connection cap, and a graceful drain on SIGTERM: the
+listener closes, in-flight requests finish, the producer flushes.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from ingress.app import Ingress, create_app
 from ingress.producer import AsyncProducer
 from ingress.settings import IngressSettings, host_port
 from tilepipe.cli import UserError
+from tilepipe.signing import check_strength
 
 log = logging.getLogger("tilepipe.ingress")
 
 
-def prepare(settings: IngressSettings) -> tuple[Ingress, socket.socket]:
+def prepare(settings: IngressSettings) -> tuple[Ingress, list[socket.socket]]:
     """Check the configuration and the broker, bind the port; raises :class:`UserError`."""
     if settings.sink is None:
         raise UserError(
@@ -43,6 +44,10 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, socket.socket]:
             "no HMAC secret: set TILEPIPE_HMAC_SECRETS=keyid:secret[,keyid:secret]"
             " (or TILEPIPE_HMAC_SECRETS_FILE=PATH); the ingress accepts signed requests only"
         )
+    try:
+        check_strength(secrets)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     for name in ("tls_certfile", "tls_keyfile", "tls_client_ca"):
         path = getattr(settings, name)
         if path is not None and not path.is_file():
@@ -52,6 +57,13 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, socket.socket]:
 
     _check_kafka("sink", brokers, topic, settings.kafka_config)
     sock = _bind(settings.listen)
+    socks = [sock]
+    if settings.metrics_listen is not None:
+        try:
+            socks.append(_bind(settings.metrics_listen))
+        except UserError:
+            sock.close()
+            raise
     producer = AsyncProducer(
         brokers,
         topic,
@@ -73,11 +85,12 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, socket.socket]:
         try:
             jobs.prepare()
         except Exception as e:
-            sock.close()
+            for s in socks:
+                s.close()
             raise UserError(
                 f"job API: the render ledger or queue does not answer: {str(e).splitlines()[0]}"
             ) from None
-    return Ingress(settings, secrets, producer, jobs), sock
+    return Ingress(settings, secrets, producer, jobs), socks
 
 
 def _bind(listen: str) -> socket.socket:
@@ -110,14 +123,14 @@ class _Server(uvicorn.Server):
             getattr(self, "_captured_signals", []).clear()
 
 
-def serve(settings: IngressSettings) -> int:
-    ingress, sock = prepare(settings)
+def uvicorn_config(settings: IngressSettings, ingress: Ingress) -> uvicorn.Config:
+    """How uvicorn serves the app: the connection cap, TLS, the drain."""
     tls: dict[str, Any] = {}
     if settings.tls_certfile is not None:
         tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
         if settings.tls_client_ca is not None:
             tls |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    config = uvicorn.Config(
+    return uvicorn.Config(
         create_app(ingress),
         loop="uvloop",
         http="httptools",
@@ -125,13 +138,20 @@ def serve(settings: IngressSettings) -> int:
         log_config=None,  # our JSON lines, not uvicorn's own format
         access_log=False,  # rejections are logged; a line per accepted request is noise
         server_header=False,
+        # Connections beyond this are answered 503 at once; the body deadline and the
+        # unauthenticated byte budget (ingress.app) bound what each one may hold.
         limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=int(settings.shutdown_grace.total_seconds()) or 1,
         **tls,
     )
+
+
+def serve(settings: IngressSettings) -> int:
+    ingress, socks = prepare(settings)
+    config = uvicorn_config(settings, ingress)
     server = _Server(config)
     logging.getLogger("uvicorn.error").addFilter(_drop_color_message)
-    scheme = "https" if tls else "http"
+    scheme = "https" if config.ssl_certfile else "http"
     log.info(
         "ingress listening on %s://%s, producing to %s",
         scheme,
@@ -140,7 +160,7 @@ def serve(settings: IngressSettings) -> int:
         extra={"key_ids": sorted(ingress.secrets)},  # ids only, never a secret
     )
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=socks)
     except ssl.SSLError as e:
         raise UserError(f"TLS setup failed: {e}; check tls_certfile and tls_keyfile") from None
     return 0 if server.started else 1

@@ -96,16 +96,29 @@ class IngressSettings(BaseSettings):
     tls_keyfile: Path | None = None
     tls_client_ca: Path | None = None
     """Require client certificates signed by this CA (mutual TLS)."""
-    max_connections: Annotated[int, Field(ge=1)] | None = None
-    """Answer 503 to connections beyond this many at once (uvicorn's limit_concurrency)."""
+    max_connections: Annotated[int, Field(ge=1)] = 1024
+    """Answer 503 to connections beyond this many at once (uvicorn's limit_concurrency).
+    Each costs a file descriptor and uvicorn's read buffer (64 KiB at most before it stops
+    reading), so 1024 stay well inside the pod's 512 MiB; raise it with the fd limit."""
+    body_timeout: Duration = timedelta(seconds=10)
+    """The whole body must arrive within this long of the headers, else 408: a client
+    trickling a large body cannot hold a connection and its buffer indefinitely."""
+    max_unauthenticated_bytes: Annotated[int, Field(ge=1024)] = 64 << 20
+    """Bytes all requests together may have buffered before their signature is checked;
+    beyond it new body bytes are refused with 503 + Retry-After, so unsigned senders
+    cannot fill the memory (a signed request's bytes stop counting once verified)."""
+    metrics_listen: str | None = None
+    """``HOST:PORT`` to serve ``/metrics`` on instead of ``listen`` (with the probes too), so
+    a NetworkPolicy can admit Prometheus to the metrics and producers to the API apart."""
     shutdown_grace: Duration = timedelta(seconds=20)
     """On SIGTERM, how long in-flight requests get to finish (keep below the pod's grace)."""
     log_level: str = Field("INFO", validation_alias=_shared("log_level"))
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _check_listen(cls, v: str) -> str:
-        host_port(v)
+    def _check_listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            host_port(v)
         return v
 
     @field_validator("sink")

@@ -20,7 +20,13 @@ from pydantic import ValidationError
 
 from operators.fastpath import fast_tile_event
 from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
-from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signature_valid
+from tilepipe.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    record_signature_problem,
+    sign,
+    signature_valid,
+)
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
@@ -60,6 +66,8 @@ class ValidationConfig:
     max_future_ms: int = 5 * 60 * 1000
     hmac_secrets: Mapping[str, bytes] | None = None
     """Active secrets by key id; when set, every record must carry a valid signature."""
+    signature_max_age_ms: int | None = None
+    """With secrets: a record signed longer than this before it was read is refused."""
     geometry: GeometryRules = field(default_factory=GeometryRules)
 
 
@@ -125,12 +133,18 @@ def validate_record(
             "too_large",
             f"record is {size} bytes, over the {config.max_record_bytes}-byte limit",
         )
-    if config.hmac_secrets and not signature_valid(config.hmac_secrets, rec.headers, body):
-        return _dead(
-            rec,
-            "bad_signature",
-            "missing or invalid x-tilepipe-signature for the configured secrets",
+    if config.hmac_secrets:
+        problem = record_signature_problem(
+            config.hmac_secrets,
+            rec.headers,
+            body,
+            read_ms=rec.received_ms,
+            max_age_s=None
+            if config.signature_max_age_ms is None
+            else config.signature_max_age_ms / 1000,
         )
+        if problem is not None:
+            return _dead(rec, "bad_signature", problem)
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -205,6 +219,17 @@ def validate(step_id: str, up: Stream[RawRecord], *, config: ValidationConfig) -
     :returns: ``oks`` (:class:`TileEvent`, or :class:`FanOutEvent` for kinds that
         expand to tiles in the enrich stage) and ``errs`` (:class:`DeadLetter`).
     """
+    max_age_s = None if config.signature_max_age_ms is None else config.signature_max_age_ms / 1000
+    if config.hmac_secrets:
+        log.info(
+            "signature verification on: records need a valid x-tilepipe-signature",
+            extra={"key_ids": sorted(config.hmac_secrets), "max_age_s": max_age_s},  # ids only
+        )
+    else:
+        log.warning(
+            "signature verification OFF: TILEPIPE_HMAC_SECRETS is unset, so records are not"
+            " authenticated (set TILEPIPE_REQUIRE_SIGNATURES=true to refuse to start like this)"
+        )
     results = op.flat_map_batch("check", up, lambda batch: validate_batch(batch, config))
     split = op.branch("split", results, lambda r: not isinstance(r, DeadLetter))
     return Validated(split.trues, split.falses)  # type: ignore[arg-type]

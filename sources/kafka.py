@@ -9,6 +9,13 @@ thread asks the broker for each assigned partition's log-end offset every
 while the job is held back (a sink outage) or stuck, when it matters most.
 With ``exit_at_end`` (backfills, tests) each partition ends when it reaches
 the end of the log, and the job ends when all have.
+
+An offset the broker no longer has (the job was down longer than the topic's
+retention, or its recovery points into deleted segments) is never skipped over
+silently: ``auto.offset.reset`` is ``error`` (librdkafka's default, ``largest``,
+would resume at the log end and skip everything still retained), and the source
+then says so in an ERROR line and ``tilepipe_kafka_offset_out_of_range_total``,
+and resumes at the earliest offset still retained, reading all of it.
 """
 
 from __future__ import annotations
@@ -180,6 +187,9 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         if err.code() == KafkaError._PARTITION_EOF:
             self._at_end = self._exit_at_end
             return
+        if err.code() == KafkaError._AUTO_OFFSET_RESET:
+            self._resume_from_earliest(err)
+            return
         if err.fatal():
             raise RuntimeError(
                 f"Kafka source {self.topic}[{self.partition}]: fatal error {err}; check the"
@@ -192,6 +202,22 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
                 "Kafka source %s[%d]: %s (librdkafka retries by itself)",
                 self.topic, self.partition, err,
             )  # fmt: skip
+
+    def _resume_from_earliest(self, err: KafkaError) -> None:
+        """The position is out of the retained range: say what is lost, read what is left."""
+        tp = TopicPartition(self.topic, self.partition)
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        position = self._next_offset
+        lost = max(0, low - position) if position >= 0 else 0
+        metrics.OFFSET_OUT_OF_RANGE.labels(self.topic, str(self.partition)).inc()
+        log.error(
+            "Kafka source %s[%d]: offset %d is out of range (the broker has %d..%d): %d"
+            " records were deleted before this job read them; resuming at %d, the earliest"
+            " retained (keep the topic's retention above the longest outage) [%s]",
+            self.topic, self.partition, position, low, high - 1, lost, low, err,
+        )  # fmt: skip
+        self._next_offset = low
+        self._consumer.assign([TopicPartition(self.topic, self.partition, low)])
 
     def snapshot(self) -> int:
         return self._next_offset
@@ -236,6 +262,9 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
             # 500 ms to each event's latency. 50 ms costs an idle partition 20 cheap
             # requests a second. Override with TILEPIPE_KAFKA_CONFIG.
             "fetch.wait.max.ms": 50,
+            # Out of range: report and resume at the earliest retained offset (_on_error),
+            # never librdkafka's default of jumping to the end (review M8).
+            "auto.offset.reset": "error",
             "logger": KAFKA_LOGGER,
         }
         config.update(self.extra_config)

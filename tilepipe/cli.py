@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,15 +90,16 @@ def _run_parser(sub: Any) -> argparse.ArgumentParser:
 
 INGRESS_EXAMPLES = """\
 examples:
-  TILEPIPE_HMAC_SECRETS=k2026:s3cret tilepipe ingress --listen 0.0.0.0:8080 \\
+  TILEPIPE_HMAC_SECRETS=k2026:$(openssl rand -hex 32) tilepipe ingress --listen 0.0.0.0:8080 \\
       --sink kafka://127.0.0.1:9092/tile-events
   tilepipe ingress --listen 127.0.0.1:8443 --sink kafka://broker:9092/tile-events \\
       --tls-certfile cert.pem --tls-keyfile key.pem     # TLS when running bare
 
 POST /v1/events takes one event (application/json) or a batch (application/x-ndjson),
 signed: X-Tilepipe-Timestamp (unix seconds) and X-Tilepipe-Signature: sha256=<hex of
-HMAC-SHA256(secret, timestamp + "." + body)>. 202 once the broker acknowledged; 401, 400,
-413, 415, 422 for bad requests; 503 + Retry-After while the broker is unavailable.
+HMAC-SHA256(secret, "POST\\n/v1/events\\n" + timestamp + "\\n" + body)>; keys of 32 bytes or
+more. 202 once the broker acknowledged; 401, 400, 408, 409, 413, 415, 422 for bad requests;
+503 + Retry-After while the broker is unavailable or too many bodies are arriving.
 Other settings are TILEPIPE_INGRESS_* variables (e.g. TILEPIPE_INGRESS_DEDUP_WINDOW=10m).
 """
 
@@ -154,8 +156,9 @@ RENDER_EXAMPLES = """\
 examples:
   TILEPIPE_RENDER_LEDGER=postgresql://postgres@127.0.0.1/tilepipe \\
       tilepipe render-worker --redis redis://127.0.0.1:6379/0 --store dir:/srv/tiles --workers 4
-  tilepipe render-worker --ledger postgresql://postgres@db/tilepipe --store mbtiles:tiles.mbtiles \\
-      --renderer 'command:render-tile --z {z} --x {x} --y {y}' --sla 2m
+  PGPASSWORD=... tilepipe render-worker --ledger postgresql://tilepipe@db/tilepipe \\
+      --store mbtiles:tiles.mbtiles --sla 2m \\
+      --renderer 'command:render-tile --z {z} --x {x} --y {y}'
 
 Jobs come from the Redis Stream {prefix}:render:jobs (consumer group "workers"); each is
 recorded in the PostgreSQL ledger (tables render_jobs, render_job_history, render_tiles,
@@ -178,8 +181,9 @@ def _render_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--redis", help="the queue's Redis, redis://HOST:PORT/DB [redis://127.0.0.1:6379/0]"
     )
-    p.add_argument("--ledger", help="PostgreSQL DSN of the job ledger (prefer the env variable "
-                   "when it holds a password)")  # fmt: skip
+    p.add_argument("--ledger", help="PostgreSQL DSN of the job ledger, without a password (the "
+                   "process list shows flags): the password goes in TILEPIPE_RENDER_LEDGER, "
+                   "PGPASSWORD or ~/.pgpass")  # fmt: skip
     p.add_argument("--renderer", help="builtin | command:PROGRAM {z} {x} {y} [builtin]")
     p.add_argument("--store", help="dir:PATH | mbtiles:PATH [dir:./tiles]")
     p.add_argument("--workers", type=int, help="worker threads in this process [4]")
@@ -273,6 +277,12 @@ def render_worker(args: argparse.Namespace) -> int:
 
     flags = ("redis", "ledger", "renderer", "store", "workers", "sla", "broadcast",
              "metrics_port", "log_level")  # fmt: skip
+    if args.ledger is not None and dsn_has_password(args.ledger):
+        raise UserError(
+            "--ledger carries a password, which every user of this machine can read in the"
+            " process list: pass the DSN in TILEPIPE_RENDER_LEDGER instead, or keep the flag"
+            " without the password and set PGPASSWORD or a ~/.pgpass file (PGPASSFILE)"
+        )
     settings = settings_from_flags(RenderSettings, args, flags, "TILEPIPE_RENDER_")
     setup_logging(settings.log_level)
     try:
@@ -299,6 +309,16 @@ def render_worker(args: argparse.Namespace) -> int:
         print(f"tilepipe render-worker: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether a libpq DSN (URL or ``key=value`` form) spells out a password."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        return bool(parts.password) or "password" in parse_qs(parts.query)
+    return re.search(r"(?:^|\s)password\s*=", dsn) is not None
 
 
 def place_in_cluster(settings: Any, hostname: str | None = None) -> Any:

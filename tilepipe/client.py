@@ -56,10 +56,24 @@ def encode(event: Mapping[str, Any] | bytes | str) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
-def signed_headers(secret: bytes, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """``X-Tilepipe-Timestamp`` and ``X-Tilepipe-Signature`` for ``body``, signed now."""
+def signed_headers(
+    secret: bytes,
+    body: bytes,
+    timestamp: int | None = None,
+    *,
+    method: str = "POST",
+    target: str = EVENTS_PATH,
+) -> dict[str, str]:
+    """``X-Tilepipe-Timestamp`` and ``X-Tilepipe-Signature`` for a request, signed now.
+
+    The signature binds ``method`` and ``target`` (the request's ``path?query``) as
+    well as the body (empty for a GET): see :mod:`tilepipe.signing`.
+    """
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    return {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sign(secret, ts, body)}
+    return {
+        TIMESTAMP_HEADER: ts,
+        SIGNATURE_HEADER: sign(secret, ts, body, method=method, target=target),
+    }
 
 
 def send_events(
@@ -120,7 +134,7 @@ def post(
         path += "?" + parts.query
     headers = {"Content-Type": content_type, **(extra_headers or {})}
     if secret is not None:
-        headers |= signed_headers(secret, body)
+        headers |= signed_headers(secret, body, target=path)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         context = ssl.create_default_context(cafile=cafile)

@@ -148,6 +148,13 @@ WATERMARK_LAG = Gauge(
     "Wall clock minus the event time of the newest update published (how far behind"
     " real time the output is).",
 )
+OFFSET_OUT_OF_RANGE = Counter(
+    "tilepipe_kafka_offset_out_of_range_total",
+    "Times a Kafka partition's position was outside what the broker retains (e.g. deleted by"
+    " retention while the job was down); the source resumed at the earliest retained offset"
+    " and logged how many records were lost.",
+    ["topic", "partition"],
+)
 CONSUMER_LAG = Gauge(
     "tilepipe_kafka_consumer_lag",
     "Log-end offset minus this job's position, per topic and partition (messages).",

@@ -24,7 +24,7 @@ from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e
 
-HMAC = "hm4c-s3cret-value"
+HMAC = "hm4c-s3cret-value-0123456789abcdef0123456789"
 REDIS_PW = "r3dis-p4ssword"
 KAFKA_PW = "k4fka-p4ssword"
 SASL = {

@@ -26,7 +26,9 @@ from tilepipe.tiles import tile_key
 
 pytestmark = pytest.mark.integration
 
-ROTATION = "k2026:old-secret,k2027:new-secret"
+OLD = b"old-secret-0123456789abcdef0123456789"  # services refuse keys under 32 bytes
+NEW = b"new-secret-0123456789abcdef0123456789"
+ROTATION = f"k2026:{OLD.decode()},k2027:{NEW.decode()}"
 
 
 def tile(event_id: str, x: int, version: int = 1, z: int = 12, **extra: Any) -> dict[str, Any]:
@@ -55,10 +57,10 @@ def test_signed_events_reach_redis_and_direct_writes_are_held_to_the_same_rule(
         job = Job("--source", kafka.url(topic), "--sink", sink, "--dlq", kafka.url(dlq),
                   env={"TILEPIPE_HMAC_SECRETS": ROTATION})  # fmt: skip
         try:
-            one = send_events(ingress.url, [tile("t0", 0)], secret=b"new-secret")
+            one = send_events(ingress.url, [tile("t0", 0)], secret=NEW)
             batch = send_events(
                 ingress.url, [tile(f"t{x}", x) for x in range(1, 6)] + [feature],
-                secret=b"old-secret",  # the key being retired still works in the overlap
+                secret=OLD,  # the key being retired still works in the overlap
             )  # fmt: skip
             assert (one.status, one.count("accepted")) == (202, 1), one.body
             assert (batch.status, batch.count("accepted")) == (202, 6), batch.body
@@ -93,7 +95,7 @@ def test_signed_events_reach_redis_and_direct_writes_are_held_to_the_same_rule(
     assert by_id["f1"].key() == b"feature:osm:node/1"
     headers = dict(by_id["t0"].headers())
     assert headers["x-tilepipe-event-id"] == b"t0" and headers["x-tilepipe-key-id"] == b"k2027"
-    assert dict(by_id["t1"].headers())["x-tilepipe-key-id"] == b"k2026"
+    assert dict(by_id["t1"].headers())["x-tilepipe-key-id"] == b"k2027"  # re-signed (M6)
     assert int(headers["x-tilepipe-ingest-ms"]) == by_id["t0"].timestamp()[1]
 
 
@@ -108,10 +110,10 @@ def test_every_kind_of_bad_request_gets_its_status_and_produces_nothing(kafka) -
             return post(url, body, ctype, secret=None, extra_headers=headers)
 
         def signed(body: bytes, ctype: str = "application/json") -> Any:
-            return post(url, body, ctype, secret=b"new-secret")
+            return post(url, body, ctype, secret=NEW)
 
-        old = signed_headers(b"new-secret", good, int(time.time()) - 3600)
-        fresh = signed_headers(b"new-secret", good)
+        old = signed_headers(NEW, good, int(time.time()) - 3600)
+        fresh = signed_headers(NEW, good)
         cases = {
             "unsigned": (raw(good), 401),
             "unknown key": (post(url, good, "application/json", secret=b"guess"), 401),
@@ -136,17 +138,19 @@ def test_every_kind_of_bad_request_gets_its_status_and_produces_nothing(kafka) -
         assert signed(good).status == 202
         assert ids_on(kafka, topic, 1) == ["good"]
         assert ingress.stop() == 0
-    assert "new-secret" not in ingress.log() and "old-secret" not in ingress.log()
+    assert NEW.decode() not in ingress.log() and OLD.decode() not in ingress.log()
 
 
 def test_a_replayed_request_is_accepted_once_and_a_resent_id_is_not_duplicated(kafka) -> None:
     topic = kafka.new_topic("ingress-replay")
     body = json.dumps(tile("once", 1)).encode()
-    headers = signed_headers(b"old-secret", body)
+    headers = signed_headers(OLD, body)
     with IngressProcess(kafka.url(topic), secrets=ROTATION) as ingress:
         first = post(ingress.url, body, "application/json", secret=None, extra_headers=headers)
         replay = post(ingress.url, body, "application/json", secret=None, extra_headers=headers)
-        resent = send_events(ingress.url, [tile("once", 1), tile("twice", 2)], secret=b"new-secret")
+        # The same producer (key) resending the same record: known per key and source, with
+        # its bytes' digest (M4; the same id with other bytes would be 409).
+        resent = send_events(ingress.url, [body, tile("twice", 2)], secret=OLD)
         assert [first.status, replay.status, resent.status] == [202, 202, 202]
         assert replay.body["results"][0]["result"] == "duplicate"
         assert [r["result"] for r in resent.body["results"]] == ["duplicate", "accepted"]
@@ -161,13 +165,13 @@ def test_a_secret_rotates_without_a_gap(kafka) -> None:
     def status(ingress: IngressProcess, secret: bytes) -> int:
         return send_events(ingress.url, [tile(f"r{next(n)}", 1)], secret=secret).status
 
-    with IngressProcess(kafka.url(topic), secrets="k2026:old-secret") as before:
-        assert [status(before, b"old-secret"), status(before, b"new-secret")] == [202, 401]
+    with IngressProcess(kafka.url(topic), secrets=f"k2026:{OLD.decode()}") as before:
+        assert [status(before, OLD), status(before, NEW)] == [202, 401]
     with IngressProcess(kafka.url(topic), secrets=ROTATION) as overlap:  # both keys active
-        assert [status(overlap, b"old-secret"), status(overlap, b"new-secret")] == [202, 202]
+        assert [status(overlap, OLD), status(overlap, NEW)] == [202, 202]
         assert overlap.metric("tilepipe_ingress_signatures_verified_total", key_id="k2026") == 1
-    with IngressProcess(kafka.url(topic), secrets="k2027:new-secret") as after:
-        assert [status(after, b"old-secret"), status(after, b"new-secret")] == [401, 202]
+    with IngressProcess(kafka.url(topic), secrets=f"k2027:{NEW.decode()}") as after:
+        assert [status(after, OLD), status(after, NEW)] == [401, 202]
     assert len(ids_on(kafka, topic, 4)) == 4
 
 
@@ -177,17 +181,17 @@ def test_broker_down_is_503_with_retry_after_and_the_retries_land_once_it_is_bac
     topic = private_kafka.new_topic("ingress-outage", partitions=2)
     env = {"TILEPIPE_INGRESS_PRODUCE_TIMEOUT": "2s", "TILEPIPE_INGRESS_RETRY_AFTER": "3"}
     with IngressProcess(private_kafka.url(topic), secrets=ROTATION, env=env) as ingress:
-        assert send_events(ingress.url, [tile("before", 1)], secret=b"new-secret").status == 202
+        assert send_events(ingress.url, [tile("before", 1)], secret=NEW).status == 202
         private_kafka.stop()
         down = [tile(f"down{i}", i) for i in range(5)]
-        r = send_events(ingress.url, down, secret=b"new-secret", retries=0)
+        r = send_events(ingress.url, down, secret=NEW, retries=0)
         assert (r.status, r.retry_after, r.count("unavailable")) == (503, 3, 5), r.body
         assert ingress.metric("tilepipe_ingress_requests_total", status="503") == 1
         # Memory storage: the broker comes back empty, so the topic is made again; what
         # it had acknowledged before ("before") went with it, which no client can prevent.
         private_kafka.start()
         private_kafka.create_topic(topic, 2)
-        r = send_events(ingress.url, down, secret=b"new-secret", retries=10)
+        r = send_events(ingress.url, down, secret=NEW, retries=10)
         assert (r.status, r.count("accepted")) == (202, 5), r.body
         assert "replaced the Kafka producer" in ingress.log()
         time.sleep(0.5)
@@ -202,7 +206,7 @@ def test_a_hung_broker_loses_nothing_that_was_acknowledged(private_kafka) -> Non
 
         def send(prefix: str, retries: int) -> int:
             r = send_events(ingress.url, [tile(f"{prefix}{i}", i) for i in range(10)],
-                            secret=b"new-secret", retries=retries)  # fmt: skip
+                            secret=NEW, retries=retries)  # fmt: skip
             acked.update(x["event_id"] for x in r.body["results"] if x["status"] == 202)
             return r.status
 
@@ -231,11 +235,11 @@ def test_tls_when_running_bare(kafka, tmp_path) -> None:
     tls = ("--tls-certfile", str(tmp_path / "server.pem"),
            "--tls-keyfile", str(tmp_path / "server.pem"))  # fmt: skip
     with IngressProcess(kafka.url(topic), secrets=ROTATION, args=tls, scheme="https") as ingress:
-        r = send_events(ingress.url, [tile("tls", 1)], secret=b"new-secret",
+        r = send_events(ingress.url, [tile("tls", 1)], secret=NEW,
                         cafile=str(tmp_path / "ca.pem"), retries=5)  # fmt: skip
         assert r.status == 202
         with pytest.raises(OSError):  # an unknown CA is refused
-            send_events(ingress.url, [tile("tls2", 1)], secret=b"new-secret", retries=0)
+            send_events(ingress.url, [tile("tls2", 1)], secret=NEW, retries=0)
     assert ids_on(kafka, topic, 1) == ["tls"]
 
 
@@ -250,7 +254,7 @@ def test_tilepipe_send_posts_a_file_in_signed_batches(kafka, tmp_path) -> None:
     lines = [json.dumps(tile(f"s{i}", i)) for i in range(5)] + ['{"kind": "tile"}']
     (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
     with IngressProcess(kafka.url(topic), secrets=ROTATION) as ingress:
-        env = {"TILEPIPE_SEND_SECRET": "k2027:new-secret"}
+        env = {"TILEPIPE_SEND_SECRET": f"k2027:{NEW.decode()}"}
         done = tilepipe("send", "--url", ingress.url, "--batch", "2",
                         str(tmp_path / "events.jsonl"), env=env)  # fmt: skip
         assert done.returncode == 1, done.stderr  # one event was rejected

@@ -27,7 +27,7 @@ from tilepipe.client import signed_headers
 
 pytestmark = pytest.mark.integration
 
-SECRET = b"jobs-s3cret"
+SECRET = b"jobs-s3cret-0123456789abcdef0123456789"
 BBOX = [13.38, 52.50, 13.42, 52.53]
 
 
@@ -37,7 +37,7 @@ def call(
     body = b"" if doc is None else json.dumps(doc).encode()
     headers = {"Content-Type": "application/json"} if doc is not None else {}
     if sign:
-        headers |= signed_headers(SECRET, body if method == "POST" else target.encode())
+        headers |= signed_headers(SECRET, body, method=method, target=target)
     req = urllib.request.Request(base + target, body or None, headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -57,7 +57,7 @@ def test_a_region_job_reports_progress_and_finishes(
     assert expected.method == "exact" and 10 < len(expected.tiles) < 200
     request = {"operation": "rerender_region", "bbox": BBOX, "minzoom": 12, "maxzoom": 15,
                "idempotency_key": "style-v2-mitte"}  # fmt: skip
-    with IngressProcess(kafka.url(kafka.new_topic("jobs")), secrets="k1:jobs-s3cret",
+    with IngressProcess(kafka.url(kafka.new_topic("jobs")), secrets=f"k1:{SECRET.decode()}",
                         env=env) as ingress:  # fmt: skip
         base = ingress.url
         status, headers, doc = call(base, "POST", "/v1/jobs", request)

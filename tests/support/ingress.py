@@ -2,8 +2,8 @@
 
 Plain Python (no pytest), so ``bench/`` uses it too::
 
-    with IngressProcess(kafka.url(topic), secrets="k1:s3cret") as ingress:
-        send_events(ingress.url, [event], secret=b"s3cret")
+    with IngressProcess(kafka.url(topic), secrets=f"k1:{key}") as ingress:  # 32+ bytes
+        send_events(ingress.url, [event], secret=key.encode())
 """
 
 from __future__ import annotations

@@ -23,7 +23,16 @@ from ingress.intake import body_kind, split_records
 from ingress.producer import OutRecord
 from ingress.settings import IngressSettings, host_port
 from tilepipe.client import signed_headers
-from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, matching_key, signature_valid
+from tilepipe.signing import (
+    RECORD_METHOD,
+    RECORD_TARGET,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    matching_key,
+    message,
+    sign,
+    signature_valid,
+)
 from tilepipe.tiles import tile_key
 
 SECRETS = {"k2026": b"old-secret", "k2027": b"new-secret"}
@@ -135,12 +144,26 @@ def test_a_batch_accepts_the_good_records_and_reports_each(client, producer) -> 
                    (4, 400, "rejected", "not_an_object")]  # fmt: skip
     assert doc["results"][2]["field"] == "x"
     assert [r.key for r in producer.sent] == [tile_key(12, 1, 7).encode(), b"feature:osm:way/7"]
-    # Each record of a batch is signed on its own, with the key that verified the request,
-    # so the dataflow's per-record check holds.
+    # Each record of a batch is signed on its own, so the dataflow's per-record check holds.
     for rec in producer.sent:
-        assert dict(rec.headers)[KEY_ID_HEADER] == b"k2026"
         assert signature_valid(SECRETS, rec.headers, rec.value)  # type: ignore[arg-type]
         assert rec.value in body.split(b"\n")
+
+
+def test_records_are_resigned_with_the_newest_key_so_retiring_a_key_strands_nothing(
+    client, producer
+) -> None:
+    """M6: the request came with the retiring key k2026; the topic sees only k2027's."""
+    body = ndjson(event("a", 1), event("b", 2))
+    single = dumps(event("c", 3))
+    assert post(client, body, "application/x-ndjson", secret=b"old-secret").status_code == 202
+    assert post(client, single, secret=b"old-secret").status_code == 202
+    assert len(producer.sent) == 3
+    for rec in producer.sent:
+        assert dict(rec.headers)[KEY_ID_HEADER] == b"k2027"
+        # Verifiable with the newest key alone: the old one can go from every component.
+        assert signature_valid({"k2027": b"new-secret"}, rec.headers, rec.value)  # type: ignore[arg-type]
+        assert not signature_valid({"k2026": b"old-secret"}, rec.headers, rec.value)  # type: ignore[arg-type]
 
 
 def test_ingest_time_is_shared_by_a_request_and_never_goes_back(client, producer) -> None:
@@ -180,6 +203,57 @@ def test_concurrent_requests_with_one_event_id_produce_it_once(producer) -> None
 
     assert asyncio.run(go()) == [202] * 5
     assert len(producer.sent) == 1
+
+
+def test_other_producers_reusing_an_event_id_are_not_dropped_as_duplicates(
+    client, producer
+) -> None:
+    """M4: the window is per (key, source, event id); it used to answer "202 duplicate"."""
+    first = event("shared-id", 1, source="A", z=3)
+    assert post(client, dumps(first), secret=b"old-secret").status_code == 202
+    other_key = event("shared-id", 2, source="B", z=5, version=9)
+    r = post(client, dumps(other_key), secret=b"new-secret")
+    assert (r.status_code, r.json()["results"][0]["result"]) == (202, "accepted")
+    other_source = event("shared-id", 3, source="B", z=3)
+    r = post(client, dumps(other_source), secret=b"old-secret")
+    assert (r.status_code, r.json()["results"][0]["result"]) == (202, "accepted")
+    assert [r.value for r in producer.sent] == [dumps(first), dumps(other_key), dumps(other_source)]
+
+
+def test_a_reused_event_id_with_other_content_is_409_not_a_silent_duplicate(
+    client, producer
+) -> None:
+    """M4: same key, source and id but other bytes is a conflict, said out loud."""
+    assert post(client, dumps(event("e7", 1))).status_code == 202
+    r = post(client, dumps(event("e7", 2)))
+    assert r.status_code == 409, r.text
+    [result] = r.json()["results"]
+    assert (result["result"], result["reason"]) == ("rejected", "event_id_conflict")
+    # In a batch, only the conflicting record is refused; an exact repeat stays a duplicate.
+    r = post(client, ndjson(event("e7", 1), event("e7", 3), event("e8")), "application/x-ndjson")
+    assert r.status_code == 202
+    assert [(x["status"], x["result"]) for x in r.json()["results"]] == [
+        (202, "duplicate"), (409, "rejected"), (202, "accepted")]  # fmt: skip
+    assert [rec.value for rec in producer.sent] == [dumps(event("e7", 1)), dumps(event("e8"))]
+
+
+def test_concurrent_requests_with_one_id_and_other_content_are_409(producer) -> None:
+    producer.delay = 0.05
+    app = create_app(make_ingress(producer))
+    bodies = [dumps(event("race", 1)), dumps(event("race", 2))]
+
+    async def go() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            rs = await asyncio.gather(*(
+                c.post("/v1/events", content=b, headers={
+                    "content-type": "application/json", **signed_headers(b"new-secret", b)})
+                for b in bodies
+            ))  # fmt: skip
+            return [r.status_code for r in rs]
+
+    assert asyncio.run(go()) == [202, 409]
+    assert [rec.value for rec in producer.sent] == bodies[:1]
 
 
 def test_broker_failure_is_503_with_retry_after_and_the_id_is_not_remembered(
@@ -225,6 +299,16 @@ def test_unsigned_or_badly_signed_requests_are_401(client, producer, headers, re
     assert r.status_code == 401
     assert r.json()["error"] == reason
     assert producer.sent == []
+
+
+@pytest.mark.parametrize("ts", ["9" * 400, "9" * 13, "-5", "1e9", "0x10", " 17", ""], ids=repr)
+def test_any_timestamp_header_is_401_never_500_nor_a_traceback(client, caplog, ts) -> None:
+    """L5: 400 digits used to pass int() and raise OverflowError: 500 and a traceback."""
+    r = post(client, dumps(event()), secret=None, x_tilepipe_signature="sha256=00",
+             x_tilepipe_timestamp=ts)  # fmt: skip
+    assert r.status_code == 401, r.text
+    assert r.json()["error"] in ("bad_timestamp", "missing_signature")
+    assert not [rec for rec in caplog.records if rec.exc_info or rec.levelname == "ERROR"]
 
 
 def test_a_retired_key_a_tampered_body_and_an_old_timestamp_are_401(client, producer) -> None:
@@ -350,19 +434,26 @@ def test_readyz_is_503_outside_the_lifespan(producer) -> None:
 def test_dedup_window_forgets_after_the_window_and_beyond_the_bound() -> None:
     now = [0.0]
     w = DedupWindow(10, 3, clock=lambda: now[0])
-    w.add("a")
+
+    def ident(x: str) -> tuple[str, str, str]:
+        return ("k", "src", x)
+
+    def seen(x: str) -> bool:
+        return w.get(ident(x)) is not None
+
+    w.add(ident("a"), b"da")
     now[0] = 5
-    w.add("b")
-    assert "a" in w and "b" in w
+    w.add(ident("b"), b"db")
+    assert seen("a") and w.get(ident("b")) == b"db"
     now[0] = 10.5
-    assert "a" not in w and "b" in w
+    assert not seen("a") and seen("b")
     for x in "cde":
-        w.add(x)
-    assert len(w) == 3 and "b" not in w and "e" in w
+        w.add(ident(x), b"d" + x.encode())
+    assert len(w) == 3 and not seen("b") and seen("e")
     now[0] = 15.0
-    w.add("c")  # seen again: remembered from now on
+    w.add(ident("c"), b"dc")  # seen again: remembered from now on
     now[0] = 21.0
-    assert list(x for x in "cde" if x in w) == ["c"]
+    assert [x for x in "cde" if seen(x)] == ["c"]
 
 
 def test_ingest_clock_never_goes_backwards() -> None:
@@ -390,10 +481,39 @@ def test_matching_key_names_the_key_that_signed() -> None:
     body = b'{"a":1}'
     h = signed_headers(b"old-secret", body, 42)
     sig, ts = h[SIGNATURE_HEADER].encode(), h[TIMESTAMP_HEADER].encode()
-    assert matching_key(SECRETS, ts, body, sig) == "k2026"
-    assert matching_key(SECRETS, b"43", body, sig) is None
-    assert matching_key(SECRETS, ts, body, "sha256=é".encode()) is None
-    assert matching_key(SECRETS, "4é".encode(), body, sig) is None
+    post_events = {"method": "POST", "target": "/v1/events"}
+    assert matching_key(SECRETS, ts, body, sig, **post_events) == "k2026"
+    assert matching_key(SECRETS, b"43", body, sig, **post_events) is None
+    assert matching_key(SECRETS, ts, body, "sha256=é".encode(), **post_events) is None
+    assert matching_key(SECRETS, "4é".encode(), body, sig, **post_events) is None
+
+
+def test_a_signature_is_bound_to_its_method_and_target() -> None:
+    """L6: one MAC per purpose: a request's signature verifies for that request only."""
+    body = b'{"a":1}'
+    h = signed_headers(b"old-secret", body, 42)
+    sig, ts = h[SIGNATURE_HEADER].encode(), h[TIMESTAMP_HEADER].encode()
+    assert matching_key(SECRETS, ts, body, sig, method="POST", target="/v1/events") == "k2026"
+    for method, target in [("POST", "/v1/jobs"), ("GET", "/v1/events"),
+                           ("POST", "/v1/events?x=1"), (RECORD_METHOD, RECORD_TARGET)]:  # fmt: skip
+        assert matching_key(SECRETS, ts, body, sig, method=method, target=target) is None
+    # A record signature (what the topic carries) is no request signature either.
+    record_sig = sign(b"old-secret", "42", body).encode()
+    assert matching_key(SECRETS, ts, body, record_sig, method="POST", target="/v1/events") is None
+    assert matching_key(SECRETS, ts, body, record_sig) == "k2026"
+    assert message("GET", "/v1/jobs?state=DEAD", "42", b"") == b"GET\n/v1/jobs?state=DEAD\n42\n"
+
+
+def test_a_get_signed_for_one_target_is_refused_for_another(producer) -> None:
+    """L6 through the app: a signed GET replayed against another path is 401, not served."""
+    ingress = make_ingress(producer)
+    ingress.jobs = object()  # type: ignore[assignment]  # only authentication is reached
+    with TestClient(create_app(ingress)) as c:
+        h = signed_headers(b"new-secret", b"", method="GET", target="/v1/jobs?state=DEAD")
+        r = c.get("/v1/jobs/rj_other", headers=h)
+        assert (r.status_code, r.json()["error"]) == (401, "bad_signature")
+        r = c.get("/v1/jobs?state=FAILED", headers=h)
+        assert (r.status_code, r.json()["error"]) == (401, "bad_signature")
 
 
 def test_settings_from_the_environment(monkeypatch, tmp_path) -> None:

@@ -29,7 +29,8 @@ from render import metrics as render_metrics  # noqa: F401  (and every render wo
 from tests.support import observability as obs
 
 K8S_VERSION = "1.30"
-BUILTIN_GROUPS = ("v1", "apps/v1", "policy/v1")
+BUILTIN_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1")
+KUSTOMIZATIONS = (obs.K8S, obs.K8S / "ingress", obs.K8S / "render")
 
 needs_kubectl = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="needs kubectl (for `kubectl kustomize`)"
@@ -53,7 +54,7 @@ def objects() -> dict[tuple[str, str], dict[str, Any]]:
 @needs_kubectl
 def test_every_builtin_object_validates_against_the_kubernetes_schema(objects):
     kinds = {kind for kind, _ in objects}
-    assert {"StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
+    assert {"StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy",
             "ServiceMonitor", "PrometheusRule", "Namespace", "ServiceAccount"} <= kinds  # fmt: skip
     for (kind, name), obj in objects.items():
         if obj["apiVersion"] in BUILTIN_GROUPS:
@@ -106,13 +107,15 @@ def test_statefulset_runs_one_bytewax_cluster(objects):
 def test_every_configured_setting_is_one_tilepipe_knows(objects, monkeypatch):
     """pydantic-settings ignores unknown variables, so a typo would be silently dropped."""
     config = objects[("ConfigMap", "tilepipe-config")]["data"]
-    secret = objects[("Secret", "tilepipe-secrets")]["stringData"]
+    # Not applied (H5), but its keys are what users put in the real Secret.
+    secret = yaml.safe_load((obs.K8S / "secret.example.yaml").read_text())["stringData"]
     known = {f"TILEPIPE_{name.upper()}" for name in Settings.model_fields}
     known.add("TILEPIPE_PROGRESS_INTERVAL")  # read by the runner for its progress line
     assert set(config) | set(secret) <= known, (set(config) | set(secret)) - known
     for key, value in {**config, **secret}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("TILEPIPE_POD_NAME", "tilepipe-1")
+    monkeypatch.setenv("TILEPIPE_HMAC_SECRETS", "k2026:" + "x" * 64)  # from tilepipe-hmac
     from tilepipe.cli import place_in_cluster
 
     placed = place_in_cluster(Settings())
@@ -407,4 +410,117 @@ def test_dockerfile_builds_the_image_the_manifests_run():
         assert f"COPY {package} /src/{package}" in dockerfile, package
     assert f"python:{sys.version_info.major}.{sys.version_info.minor}" in dockerfile or (
         "python:3.11" in dockerfile
+    )
+
+
+# -- H5: no Secret is ever applied ---------------------------------------------------------
+
+
+@needs_kubectl
+@pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(obs.ROOT)))
+def test_apply_k_deploys_no_secret_so_it_can_neither_ship_a_placeholder_nor_reset_one(path):
+    """H5: `kubectl apply -k` used to apply tilepipe-hmac with k2026:CHANGE-ME."""
+    docs = render(path)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == []
+    assert "CHANGE-ME" not in yaml.safe_dump_all(docs)
+
+
+@needs_kubectl
+def test_the_dataflow_fails_closed_without_its_hmac_keys(objects):
+    """M7: the keys were `optional: true`: a missing Secret turned verification off."""
+    (container,) = objects[("StatefulSet", "tilepipe")]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["TILEPIPE_HMAC_SECRETS"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "tilepipe-hmac" and not ref.get("optional", False)
+    config = objects[("ConfigMap", "tilepipe-config")]["data"]
+    settings = Settings(
+        require_signatures=config["TILEPIPE_REQUIRE_SIGNATURES"],
+        signature_max_age=config["TILEPIPE_SIGNATURE_MAX_AGE"],
+        hmac_secrets="k:" + "x" * 40,
+    )
+    assert settings.require_signatures is True
+    assert settings.signature_max_age.days == 7  # Kafka's default retention
+    with pytest.raises(ValueError, match="signatures are required"):
+        Settings(require_signatures=config["TILEPIPE_REQUIRE_SIGNATURES"])
+    # The retired keys of a rotation (M6) come from the same Secret.
+    verify = env["TILEPIPE_HMAC_VERIFY_SECRETS"]["valueFrom"]["secretKeyRef"]
+    assert (verify["name"], verify["key"], verify["optional"]) == ("tilepipe-hmac",
+                                                                   "verify-only", True)  # fmt: skip
+
+
+# -- M9: who may reach which port ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def everything() -> list[dict[str, Any]]:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in KUSTOMIZATIONS:
+        for d in render(path):
+            seen[(d["kind"], d["metadata"]["name"])] = d
+    return list(seen.values())
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # what these manifests use
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def allowed_peers(docs: list[dict[str, Any]], pod_labels: dict[str, str], port: str) -> list:
+    """The `from` entries of every NetworkPolicy rule that admits ``port`` of these pods."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and _matches(d["spec"]["podSelector"], pod_labels)]  # fmt: skip
+    assert policies, f"no NetworkPolicy selects the pods {pod_labels}: every pod reaches them"
+    assert all("Ingress" in p["spec"]["policyTypes"] for p in policies)
+    peers = []
+    for p in policies:
+        for rule in p["spec"].get("ingress", []):
+            assert rule.get("from"), f"{p['metadata']['name']}: a rule open to everyone"
+            assert rule.get("ports"), f"{p['metadata']['name']}: a rule open on every port"
+            if any(x["port"] == port for x in rule["ports"]):
+                peers += rule["from"]
+    return peers
+
+
+@needs_kubectl
+def test_network_policies_admit_each_port_only_to_its_peers(everything):
+    """M9: no NetworkPolicy at all: every pod reached 2101 (pickles), /v1/jobs and /metrics."""
+    for d in everything:
+        if d["apiVersion"] == "networking.k8s.io/v1":
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                        "monitoring"}}}  # fmt: skip
+    workloads = [d for d in everything if d["kind"] in ("StatefulSet", "Deployment")]
+    assert {d["metadata"]["name"] for d in workloads} == {"tilepipe", "tilepipe-ingress",
+                                                          "tilepipe-render"}  # fmt: skip
+    for w in workloads:
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        ports = {p["name"] for c in w["spec"]["template"]["spec"]["containers"]
+                 for p in c.get("ports", [])}  # fmt: skip
+        assert "metrics" in ports, w["metadata"]["name"]
+        for port in ports:
+            peers = allowed_peers(everything, labels, port)
+            if port == "metrics":
+                assert peers == [monitoring], (w["metadata"]["name"], peers)
+            elif port == "peers":
+                # Same namespace (no namespaceSelector), tilepipe's own pods only.
+                assert peers == [{"podSelector": {"matchLabels": {
+                    "app.kubernetes.io/name": "tilepipe"}}}], peers  # fmt: skip
+            elif port == "http":
+                edge = {"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": "ingress-nginx"}},
+                        "podSelector": {"matchLabels": {
+                            "app.kubernetes.io/name": "ingress-nginx"}}}  # fmt: skip
+                producers = {"namespaceSelector": {"matchLabels": {
+                    "tilepipe.io/producer": "true"}}}  # fmt: skip
+                assert peers == [edge, producers], peers
+            else:
+                pytest.fail(f"{w['metadata']['name']}: port {port} has no rule here")
+    # The ingress serves /metrics on the port the policy gives Prometheus.
+    deployment = next(w for w in workloads if w["metadata"]["name"] == "tilepipe-ingress")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    assert env["TILEPIPE_INGRESS_METRICS_LISTEN"] == f"0.0.0.0:{port}"
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(
+        port
     )

@@ -343,11 +343,11 @@ def signed_headers(secret: bytes, value: bytes, timestamp: str = "1800000000") -
     )
 
 
-def test_sign_is_hmac_sha256_over_timestamp_dot_body() -> None:
+def test_a_record_signature_is_hmac_sha256_over_the_record_domain() -> None:
     import hashlib
     import hmac
 
-    expected = hmac.new(b"k", b"123.hello", hashlib.sha256).hexdigest()
+    expected = hmac.new(b"k", b"RECORD\ntilepipe:record\n123\nhello", hashlib.sha256).hexdigest()
     assert sign(b"k", "123", b"hello") == "sha256=" + expected
 
 
