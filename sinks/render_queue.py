@@ -29,6 +29,9 @@ from sinks.retry import REDIS_RETRY_ON, RetryPolicy, transient_redis, write_with
 from tilepipe.records import DeadLetter, TileUpdate
 from tilepipe.timeutil import now_ms
 
+CHUNK = 500
+"""Jobs per script call, as the Redis sink's chunk."""
+
 
 @dataclass(frozen=True)
 class RenderQueueTarget:
@@ -88,12 +91,22 @@ class RenderEnqueuer:
         return [r == accounting.PUBLISHED for r in results]
 
     def _add(self, jobs: list[RenderJob]) -> list[bool | None]:
-        return write_with_retry(
-            "render_queue",
-            transient_redis(lambda: list(self.queue.enqueue(jobs))),
-            self.policy,
-            REDIS_RETRY_ON,
-        )
+        """Enqueue ``jobs`` a chunk at a time, each retried on its own.
+
+        A chunk that went in is not sent again when a later one fails: sent
+        again, its jobs would find their own dedup markers and count as
+        duplicates (review L4). One round trip per chunk of ``CHUNK`` jobs.
+        """
+        added: list[bool | None] = []
+        for start in range(0, len(jobs), CHUNK):
+            added += self._add_chunk(jobs[start : start + CHUNK])
+        return added
+
+    def _add_chunk(self, part: list[RenderJob]) -> list[bool]:
+        def send() -> list[bool]:
+            return list(self.queue.enqueue(part, CHUNK))
+
+        return write_with_retry("render_queue", transient_redis(send), self.policy, REDIS_RETRY_ON)
 
     def close(self) -> None:
         self.client.close()
