@@ -78,10 +78,16 @@ for k = 1, #KEYS - 1 do
   local n = tonumber(ARGV[i]); i = i + 1
   local fields = {}
   local older = false
-  local floor = redis.call('HGET', key, 'floor')
+  local floor = nil
   for j = 1, n do
     local f, o = 'o:' .. ARGV[i], ARGV[i + 1]; i = i + 2
-    local cur = redis.call('HGET', key, f)
+    local cur
+    if j == 1 then  -- the floor comes with the first object: no extra call per update
+      local got = redis.call('HMGET', key, f, 'floor')
+      cur, floor = got[1], got[2]
+    else
+      cur = redis.call('HGET', key, f)
+    end
     if not cur then
       if (not floor) or before(floor, string.sub(o, -15)) then
         fields[#fields + 1] = f; fields[#fields + 1] = o
