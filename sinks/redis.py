@@ -251,28 +251,26 @@ class RedisBroadcaster:
         done: dict[int, list[Any]] = {}
 
         def attempt() -> None:
-            todo = [start for start in chunks if start not in done]
-            pipe = self.client.pipeline(transaction=False)
-            for start in todo:
-                keys, args = chunks[start]
-                self._script(keys=keys, args=args, client=pipe)
-            transient: Exception | None = None
-            for start, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
-                if not isinstance(reply, Exception):
-                    done[start] = [int(r) for r in reply]
-                elif is_transient_redis_error(reply):
-                    transient = reply
-                elif len(chunks[start][0]) > 2:  # several updates: find the one refused
-                    n = len(chunks[start][0]) - 1
-                    for j in range(n):
-                        chunks[start + j] = self._call_args(
-                            items[start + j : start + j + 1], call, start + j
-                        )
-                    transient = TransientRedisError(f"isolating a refused chunk ({reply})")
-                else:
-                    done[start] = [reply]
-            if transient is not None:
-                raise TransientRedisError(str(transient)) from transient
+            # A chunk Redis refuses for one of its updates is split into one call per
+            # update and sent again at once (not after a back-off: nothing is down).
+            while todo := [start for start in chunks if start not in done]:
+                pipe = self.client.pipeline(transaction=False)
+                for start in todo:
+                    keys, args = chunks[start]
+                    self._script(keys=keys, args=args, client=pipe)
+                transient: Exception | None = None
+                for start, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                    if not isinstance(reply, Exception):
+                        done[start] = [int(r) for r in reply]
+                    elif is_transient_redis_error(reply):
+                        transient = reply
+                    elif len(chunks[start][0]) > 2:  # several updates: find the one refused
+                        for j in range(start, start + len(chunks[start][0]) - 1):
+                            chunks[j] = self._call_args(items[j : j + 1], call, j)
+                    else:
+                        done[start] = [reply]
+                if transient is not None:
+                    raise TransientRedisError(str(transient)) from transient
 
         write_with_retry("redis", transient_redis(attempt), self.policy, REDIS_RETRY_ON)
         out: list[Any] = []
