@@ -24,7 +24,7 @@ from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signature
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
-from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn, quote
+from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn, error_message
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,6 @@ _REASONS = {
     "union_tag_not_found": "missing_field",
     "union_tag_invalid": "unknown_kind",
 }
-
-
-_KINDS = "'tile', 'feature', 'telemetry'"
 
 
 @dataclass(frozen=True)
@@ -94,10 +91,9 @@ def _from_validation_error(rec: RawRecord, exc: ValidationError) -> DeadLetter:
         loc = ["kind"]
     field = ".".join(loc) or None
     more = exc.error_count() - 1
-    msg = first["msg"]
-    if etype == "union_tag_invalid":  # pydantic's message quotes the whole tag value
-        msg = f"kind {quote((first.get('ctx') or {}).get('tag'))} is not one of {_KINDS}"
-    msg = clip(msg, 256) + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+    msg = error_message(first) + (
+        f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    )
     return _dead(rec, reason, msg, field)
 
 

@@ -21,10 +21,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 from shapely.geometry.base import BaseGeometry
 
 from tilepipe.geometry import GeometryError, check_geometry, from_geojson
+from tilepipe.records import clip
 from tilepipe.tiles import MAX_ZOOM, SUPPORTED_TMS, WEB_MERCATOR_QUAD, bbox_matches
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
@@ -57,6 +58,18 @@ def quote(value: Any) -> str:
     except ValueError:  # an integer too long to print
         return f"<{type(value).__name__}>"
     return text if len(text) <= MAX_QUOTE_CHARS else text[:MAX_QUOTE_CHARS] + "..."
+
+
+def error_message(err: ErrorDetails) -> str:
+    """A pydantic error's message, bounded: what a dead letter or a 422 may say.
+
+    pydantic's own messages quote only the schema, except the union-tag one,
+    which quotes the whole ``kind`` received; it is rebuilt from a quote.
+    """
+    if err["type"] == "union_tag_invalid":
+        tag = quote((err.get("ctx") or {}).get("tag"))
+        return f"kind {tag} is not one of 'tile', 'feature', 'telemetry'"
+    return clip(err["msg"], 256)
 
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
