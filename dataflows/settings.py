@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     # Broadcast
     redis_prefix: str = "tilepipe"
     publish_mode: Literal["publish", "spublish"] = "publish"
+    tile_ttl: Duration | None = None
+    """Expire a stored tile (its versions and catch-up ``msg``) this long after its last
+    publish, for tiles at ``tile_ttl_minzoom`` and deeper; unset: tiles never expire."""
+    tile_ttl_minzoom: Annotated[int, Field(ge=0, le=30)] = 15
 
     # Rendering (issue 8)
     render_queue: str | None = None
@@ -169,6 +173,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_sink(cls, v: str) -> str:
         _require_scheme("sink", v, ("file", "redis", "rediss"))
+        if not v.startswith("file:"):
+            _check_mode(v)
         return v
 
     @field_validator("render_queue")
@@ -232,6 +238,15 @@ def _require_scheme(name: str, uri: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(
             f"{name} {uri!r}: unknown scheme {scheme!r}; use one of "
             + ", ".join(f"{s}:" for s in allowed)
+        )
+
+
+def _check_mode(uri: str) -> None:
+    mode = redis_uri(uri)[1].get("mode")
+    if mode is not None and mode not in ("publish", "spublish"):
+        raise ValueError(
+            f"sink ?mode={mode[:32]!r} is not publish or spublish (the Redis command each"
+            " update is broadcast with); fix the sink URL"
         )
 
 

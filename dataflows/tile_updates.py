@@ -10,7 +10,7 @@ from __future__ import annotations
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
+from bytewax.outputs import DynamicSink, Sink
 
 from dataflows.settings import Settings, kafka_uri, redis_uri
 from operators.apply import order_and_apply
@@ -96,17 +96,21 @@ def make_source(s: Settings) -> Source[RawRecord]:
 
 
 def make_sink(s: Settings) -> Sink[TileUpdate]:
+    """The broadcast sink; an update it cannot write becomes a letter on the job's DLQ."""
     scheme, _, rest = s.sink.partition(":")
     if scheme == "file":
-        return FileUpdatesSink(rest)
+        return FileUpdatesSink(rest, make_dlq(s))
     url, options = redis_uri(s.sink)
+    ttl = s.tile_ttl
     target = RedisTarget(
         url,
         channel=options.get("channel", RedisTarget.channel),
         prefix=options.get("prefix", s.redis_prefix),
         mode=options.get("mode", s.publish_mode),  # type: ignore[arg-type]
+        tile_ttl_s=0 if ttl is None else max(1, int(ttl.total_seconds())),
+        ttl_minzoom=s.tile_ttl_minzoom,
     )
-    return RedisBroadcastSink(target)
+    return RedisBroadcastSink(target, dead_letters=make_dlq(s))
 
 
 def make_render_queue(s: Settings) -> Sink[TileUpdate]:
@@ -118,11 +122,12 @@ def make_render_queue(s: Settings) -> Sink[TileUpdate]:
             url,
             prefix=options.get("prefix", s.redis_prefix),
             deadline_ms=None if deadline is None else int(deadline.total_seconds() * 1000),
-        )
+        ),
+        dead_letters=make_dlq(s),
     )
 
 
-def make_dlq(s: Settings) -> Sink[DeadLetter]:
+def make_dlq(s: Settings) -> DynamicSink[DeadLetter]:
     scheme, _, rest = s.dlq.partition(":")
     if scheme == "file":
         return FileDeadLetterSink(rest, s.dlq_raw_limit)

@@ -17,6 +17,7 @@ from tilepipe.records import TileEvent
 from tilepipe.tiles import MAX_ZOOM, SUPPORTED_TMS, WEB_MERCATOR_QUAD, bbox_matches, tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
+from tilepipe.wire import MAX_ID_CHARS, MAX_LAYER_CHARS, MAX_LAYERS
 
 
 class _TileWire(msgspec.Struct, frozen=True):
@@ -44,13 +45,15 @@ def fast_tile_event(body: bytes, received_ms: float) -> TileEvent | None:
         return None
     if w.kind != "tile" or w.tms not in SUPPORTED_TMS:
         return None
-    if not (0 < len(w.event_id) <= 256 and 0 < len(w.source) <= 256):
+    if not (0 < len(w.event_id) <= MAX_ID_CHARS and 0 < len(w.source) <= MAX_ID_CHARS):
         return None
     z, x, y = w.z, w.x, w.y
     if not 0 <= z <= MAX_ZOOM or not (0 <= x < (1 << z) and 0 <= y < (1 << z)):
         return None
     layers = w.layers
-    if layers is not None and (len(layers) > 64 or any(len(name) > 128 for name in layers)):
+    if layers is not None and (
+        len(layers) > MAX_LAYERS or any(len(name) > MAX_LAYER_CHARS for name in layers)
+    ):
         return None
     if w.bbox is not None and (len(w.bbox) != 4 or not bbox_matches(z, x, y, tuple(w.bbox))):
         return None

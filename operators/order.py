@@ -6,6 +6,12 @@ advanced. Wall-clock time lets a quiet tile's watermark catch up within
 ``allowed_lateness``, but never past the newest event seen, so a backlog
 replayed after an outage is not misread as late (see NOTES.md). Pure logic:
 no I/O, no Bytewax.
+
+An event dated ahead of the wall clock counts as at most ``now +
+allowed_lateness``: validation lets events up to ``max_future`` (5 min) ahead
+through, and one of them used to move ``M`` 5 min ahead, so every event of
+its tile was "late" (applied at once, unordered, uncoalesced) until the
+clock caught up (review L7).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ class Watermark:
     set_at_ms: float = 0.0  # S, wall clock
 
     def observe(self, event_ms: int, now_ms: float) -> None:
-        """Account for an on-time event's time."""
+        """Account for an on-time event's time (clamped to ``now + lateness``)."""
+        event_ms = min(event_ms, int(now_ms) + self.lateness_ms)
         if self.newest_ms is None or event_ms > self.newest_ms:
             self.newest_ms = event_ms
             self.base_ms = event_ms - self.lateness_ms

@@ -12,7 +12,10 @@ order. So no event waits longer than ``max_delay``, and a busy tile (a burst,
 a chatty sensor) broadcasts once per ``max_delay`` however many events it
 gets; releasing part of a tile's events would only mean more broadcasts. An event
 that arrives after the watermark already passed it is late: applied at once
-if newer than what was applied, dropped as stale otherwise.
+if newer than what was applied and than what is held of its object, dropped
+as stale otherwise. (Judging it against the applied versions alone let a late
+replay of v13 go out ahead of a held v14, and the held v1..v12 were then all
+counted stale: 12 stale for one replay on a hot tile.)
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class TileStateSnapshot(NamedTuple):
     applied: tuple
     recent_ids: tuple[str, ...]
     last_active_ms: float
+    floor_ms: int = 0  # the gate's floor; last, so snapshots written before it still load
 
 
 class TileState:
@@ -93,6 +97,7 @@ class TileState:
                 cfg.max_recent_ids,
                 cfg.max_objects_per_tile,
                 (snapshot.applied, snapshot.recent_ids),
+                snapshot.floor_ms,
             )
             self._last_active_ms = snapshot.last_active_ms
 
@@ -106,7 +111,10 @@ class TileState:
         for ev in events:
             if ev.ts_ms <= watermark:
                 late += 1
-                verdict = self._gate.offer(ev)
+                if self._pending and (self._is_pending(ev.event_id) or self._held_newer(ev)):
+                    verdict = Verdict.DUPLICATE if self._is_pending(ev.event_id) else Verdict.STALE
+                else:
+                    verdict = self._gate.offer(ev)
                 if verdict is Verdict.APPLY:
                     applied.append(ev)
                 elif verdict is Verdict.DUPLICATE:
@@ -156,6 +164,7 @@ class TileState:
             applied,
             recent_ids,
             self._last_active_ms,
+            self._gate.floor_ms,
         )
 
     @property
@@ -166,6 +175,15 @@ class TileState:
 
     def _is_pending(self, event_id: str) -> bool:
         return self._pending_ids is not None and event_id in self._pending_ids
+
+    def _held_newer(self, ev: TileEvent) -> bool:
+        """Whether a held event of ``ev``'s object supersedes it (a scan, but only for a
+        late event on a tile that holds events: rare, and bounded by ``max_delay``)."""
+        mine = (ev.vkey, ev.ts_ms)
+        obj = ev.object_id
+        return any(
+            p.event.object_id == obj and (p.event.vkey, p.event.ts_ms) > mine for p in self._pending
+        )
 
     def _release(
         self,

@@ -19,7 +19,7 @@ from bytewax.dataflow import Stream, operator
 from pydantic import ValidationError
 
 from operators.fastpath import fast_tile_event
-from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
+from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent, clip
 from tilepipe.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -30,7 +30,7 @@ from tilepipe.signing import (
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
-from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn
+from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn, error_message
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ class ValidationConfig:
 
 def _dead(rec: RawRecord, reason: str, error: str, field: str | None = None) -> DeadLetter:
     raw = rec.value if rec.value is not None else b""
-    return DeadLetter(reason, error, raw, rec.origin, rec.received_ms, field)
+    return DeadLetter(
+        reason, clip(error), raw, rec.origin, rec.received_ms, clip(field) if field else field
+    )
 
 
 def _from_validation_error(rec: RawRecord, exc: ValidationError) -> DeadLetter:
@@ -97,7 +99,9 @@ def _from_validation_error(rec: RawRecord, exc: ValidationError) -> DeadLetter:
         loc = ["kind"]
     field = ".".join(loc) or None
     more = exc.error_count() - 1
-    msg = first["msg"] + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+    msg = error_message(first) + (
+        f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    )
     return _dead(rec, reason, msg, field)
 
 

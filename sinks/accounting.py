@@ -3,7 +3,9 @@
 Outcomes are counted where they become final. An update counts its events
 as ``broadcast`` only after the publish succeeded; an update the store
 refused (it already held that version or a newer one, e.g. after a replay)
-counts them as ``duplicate`` or ``stale``.
+counts them as ``duplicate`` or ``stale``. An update the sink dead-lettered
+(``DEAD_LETTERED``, see ``sinks/guard.py``) is counted by the DLQ that wrote
+its letter, as ``dead_letter``, and is skipped here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from tilepipe import metrics
 from tilepipe.records import TileUpdate
 from tilepipe.timeutil import now_ms
 
-PUBLISHED, DUPLICATE, STALE = 1, 0, -1
+PUBLISHED, DUPLICATE, STALE, DEAD_LETTERED = 1, 0, -1, 2
 
 
 def record_results(updates: Iterable[TileUpdate], results: Iterable[int]) -> None:
@@ -30,6 +32,8 @@ def record_results(updates: Iterable[TileUpdate], results: Iterable[int]) -> Non
             e2e.append(max(0.0, now - update.ts_ms) / 1000.0)
             processing.append(max(0.0, now - update.oldest_received_ms) / 1000.0)
             newest_ts = max(newest_ts, update.ts_ms)
+        elif result == DEAD_LETTERED:
+            continue
         elif result == DUPLICATE:
             suppressed += 1
             duplicate += update.records

@@ -16,10 +16,10 @@ from typing import IO, Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from sinks import accounting
+from sinks import accounting, guard
 from sinks.messages import encode
 from tilepipe import metrics
-from tilepipe.records import DeadLetter, TileUpdate
+from tilepipe.records import DeadLetter, TileUpdate, clip
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,19 @@ class _JsonlPartition(StatelessSinkPartition[Any]):
 
 
 class _UpdatesPartition(_JsonlPartition):
+    def __init__(self, path: str, dead_letters: guard.DeadLetters) -> None:
+        super().__init__(path)
+        self._dead = dead_letters
+
     def write_batch(self, items: list[TileUpdate]) -> None:
-        self._write_lines([encode(u) for u in items])
-        accounting.record_results(items, [accounting.PUBLISHED] * len(items))
+        lines, dead = guard.each(items, encode)
+        self._write_lines([line for _, line in lines])
+        if dead:
+            self._dead.write_batch(dead)
+        results = [accounting.DEAD_LETTERED] * len(items)
+        for i, _ in lines:
+            results[i] = accounting.PUBLISHED
+        accounting.record_results(items, results)
 
 
 class _DeadLetterPartition(_JsonlPartition):
@@ -57,17 +67,43 @@ class _DeadLetterPartition(_JsonlPartition):
         self._raw_limit = raw_limit
 
     def write_batch(self, items: list[DeadLetter]) -> None:
-        self._write_lines(
-            [json.dumps(d.to_json_dict(self._raw_limit), separators=(",", ":")).encode()
-             for d in items]
-        )  # fmt: skip
+        self._write_lines([encode_dead_letter(d, self._raw_limit) for d in items])
         record_dead_letters(items)
+
+
+def encode_dead_letter(d: DeadLetter, raw_limit: int) -> bytes:
+    """A dead letter's JSON line; never raises, whatever the letter holds.
+
+    ``to_json_dict`` bounds ``error`` and ``raw``; if a letter still cannot be
+    encoded (an origin a source filled with something odd), a minimal letter
+    with the reason and the error's type is written instead of losing it.
+    """
+    try:
+        return json.dumps(d.to_json_dict(raw_limit), separators=(",", ":")).encode()
+    except Exception as e:  # never lose the letter, never stop the DLQ
+        return minimal_letter(d, f"dead letter not encodable ({type(e).__name__})")
+
+
+def minimal_letter(d: DeadLetter, note: str) -> bytes:
+    """The smallest faithful letter: reason, error, origin, size; no ``raw``.
+
+    Under 1,000 bytes (librdkafka's smallest ``message.max.bytes``) unless the
+    origin itself is larger: the error is cut to 200 characters, the field to 64.
+    """
+    short = d._replace(raw=b"", origin={}, error=clip(d.error, 200))
+    doc = short._replace(field=clip(d.field, 64) if d.field else d.field).to_json_dict(0)
+    doc.update(raw_omitted=note, raw_bytes=len(d.raw))
+    try:
+        doc["origin"] = json.loads(json.dumps(d.origin, default=str))
+    except Exception:
+        doc["origin"] = {"unencodable": True}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def record_dead_letters(items: list[DeadLetter]) -> None:
     for d in items:
         metrics.DEAD_LETTERS.labels(d.reason).inc()
-    metrics.EVENTS.labels("dead_letter").inc(len(items))
+    metrics.EVENTS.labels("dead_letter").inc(sum(d.records for d in items))
     if log.isEnabledFor(logging.DEBUG):  # TILEPIPE_LOG_LEVEL=DEBUG: one JSON line per record
         for d in items:
             log.debug("dead letter: %s", d.error,
@@ -75,11 +111,27 @@ def record_dead_letters(items: list[DeadLetter]) -> None:
 
 
 class FileUpdatesSink(DynamicSink[TileUpdate]):
-    def __init__(self, path: str) -> None:
+    """Updates to ``path``; an update that cannot be encoded goes to ``dead_letters``."""
+
+    def __init__(self, path: str, dead_letters: DynamicSink[DeadLetter] | None = None) -> None:
         self.path = path
+        self.dead_letters = dead_letters
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _UpdatesPartition:
-        return _UpdatesPartition(self.path)
+        dlq = build_dead_letters(self.dead_letters, step_id, worker_index, worker_count)
+        return _UpdatesPartition(self.path, dlq)
+
+
+def build_dead_letters(
+    sink: DynamicSink[DeadLetter] | None, step_id: str, worker_index: int, worker_count: int
+) -> guard.DeadLetters:
+    """The DLQ partition an update sink writes its dead letters to.
+
+    The job's own DLQ (``--dlq``), built a second time for this worker; without
+    one, the default DLQ, standard error, as ``tilepipe run`` has it.
+    """
+    sink = sink or FileDeadLetterSink("/dev/stderr", 64 * 1024)
+    return sink.build(f"{step_id}_dead_letters", worker_index, worker_count)  # type: ignore[return-value]
 
 
 class FileDeadLetterSink(DynamicSink[DeadLetter]):

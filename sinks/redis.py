@@ -13,16 +13,25 @@ counted durably in ``HGET {prefix}:stats suppressed``, across restarts.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from sinks import accounting
+from sinks import accounting, guard
+from sinks.file import build_dead_letters
 from sinks.messages import encode
-from sinks.retry import RetryPolicy, write_with_retry
-from tilepipe.records import TileUpdate
+from sinks.retry import (
+    REDIS_RETRY_ON,
+    RetryPolicy,
+    TransientRedisError,
+    is_transient_redis_error,
+    transient_redis,
+    write_with_retry,
+)
+from tilepipe.records import DeadLetter, TileUpdate
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,10 @@ local function before(a, b)
   return #a < #b
 end
 -- Keep at most `cap` objects per tile: past it, forget the quarter whose last
--- applied event is oldest (the event time ends each order key).
+-- applied event is oldest (the event time ends each order key), and remember
+-- the newest event time forgotten as the tile's `floor`: an object the tile
+-- does not know is refused unless its event is newer than that, so a forgotten
+-- object's old version cannot come back (review M5).
 local function trim(key, cap)
   local all = redis.call('HGETALL', key)
   local objs = {}
@@ -51,6 +63,10 @@ local function trim(key, cap)
   table.sort(objs, function(a, b) return before(a[2], b[2]) end)
   local drop = #objs - math.floor(cap * 3 / 4)
   for j = 1, drop do redis.call('HDEL', key, objs[j][1]) end
+  local floor = redis.call('HGET', key, 'floor')
+  if (not floor) or before(floor, objs[drop][2]) then
+    redis.call('HSET', key, 'floor', objs[drop][2])
+  end
 end
 local channel, cmd, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local i = 4
@@ -62,24 +78,41 @@ for k = 1, #KEYS - 1 do
   local n = tonumber(ARGV[i]); i = i + 1
   local fields = {}
   local older = false
+  local floor = nil
   for j = 1, n do
     local f, o = 'o:' .. ARGV[i], ARGV[i + 1]; i = i + 2
-    local cur = redis.call('HGET', key, f)
-    if (not cur) or before(cur, o) then
+    local cur
+    if j == 1 then  -- the floor comes with the first object: no extra call per update
+      local got = redis.call('HMGET', key, f, 'floor')
+      cur, floor = got[1], got[2]
+    else
+      cur = redis.call('HGET', key, f)
+    end
+    if not cur then
+      if (not floor) or before(floor, string.sub(o, -15)) then
+        fields[#fields + 1] = f; fields[#fields + 1] = o
+      else
+        older = true
+      end
+    elseif before(cur, o) then
       fields[#fields + 1] = f; fields[#fields + 1] = o
     elseif cur ~= o then
       older = true
     end
   end
-  local msg = ARGV[i]; i = i + 1
+  local msg, token, ttl = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]); i = i + 3
   if #fields > 0 then
     fields[#fields + 1] = 'msg'; fields[#fields + 1] = msg
+    fields[#fields + 1] = 'w'; fields[#fields + 1] = token
     redis.call('HSET', key, unpack(fields))
-    if cap > 0 and redis.call('HLEN', key) > cap + 1 then
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    if cap > 0 and redis.call('HLEN', key) > cap + 3 then
       trim(key, cap)
     end
     redis.call(cmd, channel, msg)
     out[k] = 1
+  elseif redis.call('HGET', key, 'w') == token then
+    out[k] = 1  -- this very update, written by an earlier try of the same call
   elseif older then
     out[k] = -1
     suppressed = suppressed + 1
@@ -104,6 +137,17 @@ class RedisTarget:
     chunk: int = 500
     max_objects_per_tile: int = 1024
     """Objects (features, sensors) whose versions a tile remembers; 0 = no limit."""
+    tile_ttl_s: int = 0
+    """Expire a tile's hash this long after its last publish (0: never), at ``ttl_minzoom``+."""
+    ttl_minzoom: int = 0
+
+    def __post_init__(self) -> None:
+        # The mode is run as a Redis command inside the script: only these two (review L8).
+        if self.mode not in PUBLISH_MODES:
+            raise ValueError(
+                f"Redis publish mode {self.mode!r} is not one of {', '.join(PUBLISH_MODES)};"
+                " fix ?mode= in the sink URL (or TILEPIPE_PUBLISH_MODE)"
+            )
 
     def tile_key(self, u: TileUpdate) -> str:
         return self.key_of(u.tms, u.z, u.x, u.y)
@@ -111,11 +155,16 @@ class RedisTarget:
     def key_of(self, tms: str, z: int, x: int, y: int) -> str:
         return f"{self.prefix}:tile:{tms}:{z}:{x}:{y}"
 
+    def ttl_of(self, z: int) -> int:
+        return self.tile_ttl_s if self.tile_ttl_s and z >= self.ttl_minzoom else 0
+
     @property
     def stats_key(self) -> str:
         """A hash of durable counters; ``suppressed`` counts updates the store refused."""
         return f"{self.prefix}:stats"
 
+
+PUBLISH_MODES = ("publish", "spublish")
 
 Prepared = tuple[str, list[tuple[str, str]], bytes]
 """One message ready for the compare-and-set script: tile key, ``(object, order)``s, JSON."""
@@ -126,21 +175,43 @@ def connect(url: str) -> redis.Redis:
 
 
 class RedisBroadcaster:
-    """Plain broadcaster (no Bytewax): tests and benchmarks call it directly."""
+    """Plain broadcaster (no Bytewax): tests and benchmarks call it directly.
 
-    def __init__(self, target: RedisTarget, policy: RetryPolicy | None = None) -> None:
+    ``dead_letters`` receives the updates that cannot be written (see
+    ``sinks/guard.py``); by default the default DLQ, standard error.
+    """
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        policy: RetryPolicy | None = None,
+        dead_letters: guard.DeadLetters | None = None,
+    ) -> None:
         self.target = target
         self.policy = policy or RetryPolicy()
         self.client = connect(target.url)
         self._script = self.client.register_script(CAS_PUBLISH_LUA)
+        self._dead = dead_letters
 
     def publish(self, updates: list[TileUpdate]) -> list[int]:
-        """Publish ``updates``; per update 1 published, 0 duplicate, -1 stale."""
+        """Publish ``updates``; per update 1 published, 0 duplicate, -1 stale, 2 dead-lettered."""
         if not updates:
             return []
-        results = self.publish_prepared(
-            [(self.target.tile_key(u), list(u.objects), encode(u)) for u in updates]
+        target = self.target
+        prepared, dead = guard.each(
+            updates, lambda u: (target.tile_key(u), list(u.objects), encode(u), target.ttl_of(u.z))
         )
+        results = [accounting.DEAD_LETTERED] * len(updates)
+        outcome = self._publish([p for _, p in prepared])
+        for (i, _), r in zip(prepared, outcome, strict=True):
+            if isinstance(r, Exception):
+                dead.append(guard.update_letter(updates[i], guard.SINK_REJECTED, r))
+            else:
+                results[i] = r
+        if dead:
+            if self._dead is None:
+                self._dead = build_dead_letters(None, "broadcast", 0, 1)
+            self._dead.write_batch(dead)
         accounting.record_results(updates, results)
         return results
 
@@ -150,37 +221,78 @@ class RedisBroadcaster:
         The render worker calls this after a commit with what the dataflow
         put in the job, so the broadcast goes through the same forward-only
         compare-and-set as a direct one. No accounting: the caller counts.
+        A message Redis refuses for itself raises its error.
+        """
+        out = self._publish([(key, objects, msg, 0) for key, objects, msg in items])
+        for r in out:
+            if isinstance(r, Exception):
+                raise r
+        return [int(r) for r in out]  # type: ignore[arg-type]
+
+    def _publish(self, items: list[tuple[str, list[tuple[str, str]], bytes, int]]) -> list[Any]:
+        """Per item 1/0/-1, or the ``ResponseError`` Redis refused that item with.
+
+        One pipeline of script calls per attempt, results kept per chunk: a
+        chunk that went through is not sent again when another failed, and an
+        update written by an earlier try that lost its reply is recognised by
+        its write token (``w``), so a retry counts it published, not duplicate
+        (review L4). Transient errors (see ``sinks/retry.py``) are retried with
+        the one back-off policy; a chunk refused otherwise is sent again one
+        update per call, so only the updates Redis refuses themselves fail.
         """
         if not items:
             return []
-        chunk = self.target.chunk
-        calls = [self._call_args(items[i : i + chunk]) for i in range(0, len(items), chunk)]
+        call = secrets.token_hex(8)
+        size = self.target.chunk
+        chunks = {
+            start: self._call_args(items[start : start + size], call, start)
+            for start in range(0, len(items), size)
+        }
+        done: dict[int, list[Any]] = {}
 
-        def write() -> list[int]:
-            pipe = self.client.pipeline(transaction=False)
-            for keys, args in calls:
-                self._script(keys=keys, args=args, client=pipe)
-            results: list[int] = []
-            for part in pipe.execute():
-                results.extend(int(r) for r in part)
-            return results
+        def attempt() -> None:
+            # A chunk Redis refuses for one of its updates is split into one call per
+            # update and sent again at once (not after a back-off: nothing is down).
+            while todo := [start for start in chunks if start not in done]:
+                pipe = self.client.pipeline(transaction=False)
+                for start in todo:
+                    keys, args = chunks[start]
+                    self._script(keys=keys, args=args, client=pipe)
+                transient: Exception | None = None
+                for start, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                    if not isinstance(reply, Exception):
+                        done[start] = [int(r) for r in reply]
+                    elif is_transient_redis_error(reply):
+                        transient = reply
+                    elif len(chunks[start][0]) > 2:  # several updates: find the one refused
+                        for j in range(start, start + len(chunks[start][0]) - 1):
+                            chunks[j] = self._call_args(items[j : j + 1], call, j)
+                    else:
+                        done[start] = [reply]
+                if transient is not None:
+                    raise TransientRedisError(str(transient)) from transient
 
-        return write_with_retry(
-            "redis", write, self.policy, (redis.ConnectionError, redis.TimeoutError)
-        )
+        write_with_retry("redis", transient_redis(attempt), self.policy, REDIS_RETRY_ON)
+        out: list[Any] = []
+        for start in sorted(done):
+            out.extend(done[start])
+        return out
 
-    def _call_args(self, items: list[Prepared]) -> tuple[list[str], list[bytes | str | int]]:
-        keys = [key for key, _, _ in items]
+    def _call_args(
+        self, items: list[tuple[str, list[tuple[str, str]], bytes, int]], call: str, first: int
+    ) -> tuple[list[str], list[bytes | str | int]]:
+        """One script call; each update's write token is the call's id and its index."""
+        keys = [key for key, _, _, _ in items]
         keys.append(self.target.stats_key)
         args: list[bytes | str | int] = [
             self.target.channel, self.target.mode, self.target.max_objects_per_tile
         ]  # fmt: skip
-        for _, objects, msg in items:
+        for n, (_, objects, msg, ttl) in enumerate(items):
             args.append(len(objects))
             for obj, order in objects:
                 args.append(obj)
                 args.append(order)
-            args.append(msg)
+            args += [msg, f"{call}.{first + n}", ttl]
         return keys, args
 
     def close(self) -> None:
@@ -199,9 +311,16 @@ class _RedisPartition(StatelessSinkPartition[TileUpdate]):
 
 
 class RedisBroadcastSink(DynamicSink[TileUpdate]):
-    def __init__(self, target: RedisTarget, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        target: RedisTarget,
+        policy: RetryPolicy | None = None,
+        dead_letters: DynamicSink[DeadLetter] | None = None,
+    ) -> None:
         self.target = target
         self.policy = policy
+        self.dead_letters = dead_letters
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        return _RedisPartition(RedisBroadcaster(self.target, self.policy))
+        dlq = build_dead_letters(self.dead_letters, step_id, worker_index, worker_count)
+        return _RedisPartition(RedisBroadcaster(self.target, self.policy, dlq))

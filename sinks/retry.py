@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import redis
+
 from tilepipe import metrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,59 @@ class RetryPolicy:
         """Full-jitter back-off before retry number ``attempt`` (1-based)."""
         cap = min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1))
         return random.uniform(0, cap)
+
+
+# Redis errors that mean "not now", not "not this": a script running (BUSY, e.g.
+# a slow script of another client), a replica still loading or promoted
+# (LOADING, READONLY and MASTERDOWN after a failover), memory full (OOM: the
+# job waits until eviction or an operator makes room), a cluster slot moving
+# (TRYAGAIN, CLUSTERDOWN). They hold the job back like an outage (review L4);
+# any other refusal is the update's own and dead-letters it.
+REDIS_TRANSIENT_CODES = frozenset(
+    {"BUSY", "LOADING", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"}
+)
+
+
+class TransientRedisError(redis.RedisError):
+    """A Redis reply worth retrying (see :data:`REDIS_TRANSIENT_CODES`)."""
+
+
+REDIS_RETRY_ON: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # with LOADING (BusyLoadingError)
+    redis.TimeoutError,
+    TransientRedisError,
+)
+"""What every Redis sink retries with back-off."""
+
+# redis-py strips the code of the replies it has a class for.
+_TRANSIENT_CLASSES = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,  # and MasterDownError
+)
+
+
+def is_transient_redis_error(e: BaseException) -> bool:
+    if isinstance(e, REDIS_RETRY_ON + _TRANSIENT_CLASSES):
+        return True
+    if isinstance(e, redis.ResponseError):
+        return str(e).split(" ", 1)[0] in REDIS_TRANSIENT_CODES
+    return False
+
+
+def transient_redis(call: Callable[[], T]) -> Callable[[], T]:
+    """``call`` with transient Redis refusals raised as :class:`TransientRedisError`."""
+
+    def wrapped() -> T:
+        try:
+            return call()
+        except redis.ResponseError as e:
+            if is_transient_redis_error(e):
+                raise TransientRedisError(str(e)) from e
+            raise
+
+    return wrapped
 
 
 class SinkGaveUp(RuntimeError):

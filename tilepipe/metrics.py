@@ -33,6 +33,10 @@ EVENTS = Counter(
 DEAD_LETTERS = Counter(
     "tilepipe_dead_letters_total", "Records sent to the dead-letter output, by reason.", ["reason"]
 )
+DEAD_LETTERS_DROPPED = Counter(
+    "tilepipe_dead_letters_dropped_total",
+    "Dead letters the DLQ broker refused even in their minimal form (logged as errors).",
+)
 LATE_EVENTS = Counter(
     "tilepipe_late_events_total", "Events that arrived behind their tile's watermark."
 )

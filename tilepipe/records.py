@@ -87,8 +87,19 @@ class TileUpdate(NamedTuple):
     h3_cells: tuple[str, ...] = ()
 
 
+MAX_ERROR_CHARS = 512
+"""A dead letter's ``error`` and ``field`` are cut to this: they must never echo a whole record."""
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying so."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 24] + f"... ({len(text)} chars)"
+
+
 class DeadLetter(NamedTuple):
-    """An input record that cannot be processed, and why."""
+    """An input record (or, from a sink, a tile update) that cannot be processed, and why."""
 
     reason: str  # a stable code, e.g. "invalid_json", "tile_out_of_range"
     error: str  # a human-readable message
@@ -96,19 +107,23 @@ class DeadLetter(NamedTuple):
     origin: dict[str, Any]
     received_ms: float
     field: str | None = None  # dotted path of the offending field, if any
+    records: int = 1
+    """Input records this letter accounts for: 1 for a record, an update's count from a sink."""
 
     def to_json_dict(self, raw_limit: int) -> dict[str, Any]:
         """The DLQ wire form; ``raw`` is text when it is UTF-8, else base64.
 
-        Records larger than ``raw_limit`` bytes keep only their head, and say so.
+        Records larger than ``raw_limit`` bytes keep only their head, and say so;
+        ``error`` and ``field`` are cut to :data:`MAX_ERROR_CHARS` whoever built
+        the letter, so its size is bounded by ``raw_limit`` plus a few KiB.
         """
         from tilepipe.timeutil import format_rfc3339_ms
 
         raw = self.raw
         doc: dict[str, Any] = {
-            "reason": self.reason,
-            "error": self.error,
-            "field": self.field,
+            "reason": clip(self.reason, 64),
+            "error": clip(self.error),
+            "field": clip(self.field) if self.field is not None else None,
         }
         if len(raw) > raw_limit:
             doc["raw_truncated"] = True

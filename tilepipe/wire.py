@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,18 +21,63 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 from shapely.geometry.base import BaseGeometry
 
 from tilepipe.geometry import GeometryError, check_geometry, from_geojson
+from tilepipe.records import clip
 from tilepipe.tiles import MAX_ZOOM, SUPPORTED_TMS, WEB_MERCATOR_QUAD, bbox_matches
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
 
+# The bounds of every field, named once: the models below and the msgspec fast
+# path (operators/fastpath.py) apply these same numbers, and README's "Wire
+# format v1" lists them. Versions are bounded by version_key
+# (tilepipe/versions.py), which both paths call; ``ts`` by parse_event_time
+# (tilepipe/timeutil.py: epoch milliseconds up to the year 9999, RFC 3339
+# strings up to 64 characters).
+MAX_ID_CHARS = 256
+"""``event_id``, ``source``, ``feature_id`` and ``sensor_id``: 1 to this many characters."""
+MAX_LAYERS = 64
+MAX_LAYER_CHARS = 128
+MAX_READING_FIELDS = 64
+"""A telemetry reading's own fields (everything beyond the common ones)."""
+MAX_READING_NAME_CHARS = 128
+MAX_READING_VALUE_BYTES = 4096
+"""One reading field's value, as JSON."""
+MAX_QUOTE_CHARS = 64
+"""How much of a received value an error message may quote."""
+
+
+def quote(value: Any) -> str:
+    """``repr(value)`` cut to :data:`MAX_QUOTE_CHARS`: what a message may echo of the input."""
+    if isinstance(value, str) and len(value) > MAX_QUOTE_CHARS:
+        return f"{value[:MAX_QUOTE_CHARS]!r}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= MAX_QUOTE_CHARS else text[:MAX_QUOTE_CHARS] + "..."
+
+
+def error_message(err: ErrorDetails) -> str:
+    """A pydantic error's message, bounded: what a dead letter or a 422 may say.
+
+    pydantic's own messages quote only the schema, except the union-tag one,
+    which quotes the whole ``kind`` received; it is rebuilt from a quote.
+    """
+    if err["type"] == "union_tag_invalid":
+        tag = quote((err.get("ctx") or {}).get("tag"))
+        return f"kind {tag} is not one of 'tile', 'feature', 'telemetry'"
+    return clip(err["msg"], 256)
+
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+
 OWN_REASONS = frozenset(
     {"invalid_version", "invalid_timestamp", "unsupported_tms", "tile_out_of_range",
      "bbox_mismatch", "zoom_out_of_range", "invalid_geojson", "empty_geometry",
-     "invalid_coordinates", "too_many_vertices", "invalid_geometry"}
+     "invalid_coordinates", "too_many_vertices", "invalid_geometry", "too_many_fields"}
 )  # fmt: skip
 """Error types raised by these models; they are DLQ reason codes as they are."""
 
@@ -39,14 +85,17 @@ OWN_REASONS = frozenset(
 class _EventBase(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    event_id: Annotated[str, Field(min_length=1, max_length=256)]
+    event_id: Id
     version: int | str
-    source: Annotated[str, Field(min_length=1, max_length=256)]
+    source: Id
     ts: int | float | str
     tms: str = WEB_MERCATOR_QUAD
-    layers: Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=64)] | None = (
-        None
-    )
+    layers: (
+        Annotated[
+            list[Annotated[str, Field(max_length=MAX_LAYER_CHARS)]], Field(max_length=MAX_LAYERS)
+        ]
+        | None
+    ) = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -72,8 +121,8 @@ class _EventBase(BaseModel):
         if v not in SUPPORTED_TMS:
             raise PydanticCustomError(
                 "unsupported_tms",
-                "tile matrix set '{tms}' is not supported (supported: {supported})",
-                {"tms": v, "supported": ", ".join(sorted(SUPPORTED_TMS))},
+                "tile matrix set {tms} is not supported (supported: {supported})",
+                {"tms": quote(v), "supported": ", ".join(sorted(SUPPORTED_TMS))},
             )
         return v
 
@@ -146,7 +195,7 @@ class FeatureEventIn(_EventBase):
     model_config = ConfigDict(extra="allow", frozen=True, arbitrary_types_allowed=True)
 
     kind: Literal["feature"]
-    feature_id: Annotated[str, Field(min_length=1, max_length=256)]
+    feature_id: Id
     op: Literal["upsert", "delete"]
     geometry: Geometry
     previous_geometry: Geometry | None = None
@@ -178,9 +227,37 @@ class TelemetryEventIn(_EventBase):
     """``kind: "telemetry"``: a sensor reading at a point; extra fields are the reading."""
 
     kind: Literal["telemetry"]
-    sensor_id: Annotated[str, Field(min_length=1, max_length=256)]
+    sensor_id: Id
     lat: Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
     lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _check_reading(self) -> TelemetryEventIn:
+        reading = self.model_extra or {}
+        if len(reading) > MAX_READING_FIELDS:
+            raise PydanticCustomError(
+                "too_many_fields",
+                "a reading has {n} fields, over the {max} allowed",
+                {"n": len(reading), "max": MAX_READING_FIELDS},
+            )
+        for name, value in reading.items():
+            if len(name) > MAX_READING_NAME_CHARS:
+                raise PydanticCustomError(
+                    "invalid_value",
+                    "a reading field's name is {n} characters, over the {max} allowed",
+                    {"n": len(name), "max": MAX_READING_NAME_CHARS, "field": name[:64]},
+                )
+            try:
+                size = len(orjson.dumps(value))
+            except TypeError:  # an integer beyond 64 bits: no consumer could read it
+                size = MAX_READING_VALUE_BYTES + 1
+            if size > MAX_READING_VALUE_BYTES:
+                raise PydanticCustomError(
+                    "invalid_value",
+                    "reading field {name} is over {max} bytes as JSON (or not encodable)",
+                    {"name": quote(name), "max": MAX_READING_VALUE_BYTES, "field": name[:64]},
+                )
+        return self
 
 
 AnyEventIn = Annotated[TileEventIn | FeatureEventIn | TelemetryEventIn, Field(discriminator="kind")]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 
 import pytest
+import redis
 
 from operators.coalesce import coalesce
 from sinks.redis import RedisBroadcaster, RedisTarget
@@ -18,8 +21,9 @@ pytestmark = pytest.mark.integration
 T0 = 1_800_000_000_000
 
 
-def update(version, ts=0, obj="", x=5, **kw):
-    ev = TileEvent(tile_key(10, x, 7), "WebMercatorQuad", 10, x, 7, version, version_key(version),
+def update(version, ts=0, obj="", x=5, vkey=None, **kw):
+    vkey = vkey or version_key(version)
+    ev = TileEvent(tile_key(10, x, 7), "WebMercatorQuad", 10, x, 7, version, vkey,
                    T0 + ts, f"e-{obj}-{version}-{ts}", "test", None, 0.0, obj, **kw)  # fmt: skip
     return coalesce([ev])
 
@@ -77,3 +81,100 @@ def test_a_batch_is_one_round_trip_of_chunks(redis_url, redis_client, channel):
         assert b.publish(updates) == [1] * 50
         assert len(sub.wait_for(50)) == 50
     b.close()
+
+
+# -- hostile updates, refusals and transient errors (review C1, L4, M5, L11) -----------
+
+
+class Letters:
+    """A DLQ partition that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def write_batch(self, items: list) -> None:
+        self.items.extend(items)
+
+
+def test_an_update_redis_or_orjson_refuses_is_one_dead_letter(redis_url, redis_client, channel):
+    letters = Letters()
+    b = RedisBroadcaster(RedisTarget(redis_url, channel=channel, chunk=2), dead_letters=letters)
+    redis_client.set("tilepipe:tile:WebMercatorQuad:10:2:7", "not a hash")  # WRONGTYPE
+    with RedisSubscriber(redis_url, channel) as sub:
+        # x=1 and x=2 share a chunk: the script writes x=1, then fails on x=2's key.
+        results = b.publish(
+            [update(1, x=1), update(1, x=2), update(2**64, x=3, vkey=(1,)), update(1, x=4)]
+        )
+        got = sub.wait_for(2)
+        assert sub.settle(quiet=0.3) == got
+    b.close()
+    # x=1 was written by the failed try and recognised by its write token on the
+    # retry: published (once), not counted duplicate.
+    assert results == [1, 2, 2, 1]
+    assert sorted(m["x"] for m in got) == [1, 4]
+    assert [d.reason for d in letters.items] == ["encode_failed", "sink_rejected"]
+    assert "WRONGTYPE" in letters.items[1].error
+    assert redis_client.hget("tilepipe:stats", "suppressed") is None
+
+
+def test_transient_errors_are_retried_until_redis_takes_the_write(channel):
+    """OOM (maxmemory reached) and BUSY (another client's slow script) hold the job back."""
+    import threading
+
+    from sinks.retry import RetryPolicy
+    from tests.support.services import RedisServer
+
+    with RedisServer() as server:
+        admin = redis.Redis.from_url(server.url)
+        b = RedisBroadcaster(
+            RedisTarget(server.url, channel=channel), RetryPolicy(initial_s=0.02, max_s=0.1)
+        )
+        admin.config_set("maxmemory", "1")  # every write is refused: OOM
+        threading.Timer(0.5, lambda: admin.config_set("maxmemory", "0")).start()
+        assert b.publish([update(1, x=1), update(1, x=2)]) == [1, 1]
+
+        admin.config_set("busy-reply-threshold", "50")
+        spinner = redis.Redis.from_url(server.url)
+        busy = threading.Thread(
+            target=lambda: _ignore(lambda: spinner.eval("while true do end", 0)), daemon=True
+        )
+        busy.start()
+        time.sleep(0.2)
+        threading.Timer(0.5, lambda: redis.Redis.from_url(server.url).script_kill()).start()
+        assert b.publish([update(2, x=1)]) == [1]
+        busy.join(5)
+        b.close()
+
+
+def _ignore(call) -> None:
+    with contextlib.suppress(redis.RedisError):  # SCRIPT KILL ends the script with an error
+        call()
+
+
+def test_a_forgotten_object_cannot_come_back_older(redis_url, redis_client, channel):
+    """Review M5: past max_objects_per_tile the store forgot A, then published A's v3."""
+    b = RedisBroadcaster(RedisTarget(redis_url, channel=channel, max_objects_per_tile=4))
+    key = "tilepipe:tile:WebMercatorQuad:10:5:7"
+    assert b.publish([update(5, ts=100, obj="A")]) == [1]
+    for i, name in enumerate("BCDEF"):
+        assert b.publish([update(1, ts=101 + i, obj=name)]) == [1]
+    assert redis_client.hget(key, "o:A") is None  # trimmed
+    assert b.publish([update(3, ts=50, obj="A")]) == [-1]
+    assert json.loads(redis_client.hget(key, "msg"))["version"] == 1  # F's, not A's v3
+    assert b.publish([update(1, ts=200, obj="G")]) == [1]  # a new object still goes out
+    b.close()
+
+
+def test_deep_zoom_tiles_can_expire(redis_url, redis_client, channel):
+    b = RedisBroadcaster(RedisTarget(redis_url, channel=channel, tile_ttl_s=60, ttl_minzoom=10))
+    shallow = coalesce([TileEvent(tile_key(9, 1, 1), "WebMercatorQuad", 9, 1, 1, 1, (1,), T0,
+                                  "s", "test", None, 0.0)])  # fmt: skip
+    assert b.publish([update(1), shallow]) == [1, 1]
+    assert 0 < redis_client.ttl("tilepipe:tile:WebMercatorQuad:10:5:7") <= 60
+    assert redis_client.ttl("tilepipe:tile:WebMercatorQuad:9:1:1") == -1  # never expires
+    b.close()
+
+
+def test_the_publish_mode_is_publish_or_spublish(redis_url):
+    with pytest.raises(ValueError, match="not one of publish, spublish"):
+        RedisTarget(redis_url, mode="set")  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from tilepipe.tiles import tile_key
 from tilepipe.versions import version_key
 
 T0 = 1_800_000_000_000
-W0 = 5_000_000.0
+W0 = T0 + 3_600_000.0  # wall clock in the same epoch as event time
 CFG = OrderConfig(allowed_lateness_ms=1000, max_delay_ms=250, state_ttl_ms=60_000)
 
 

@@ -166,7 +166,8 @@ def test_objects_bounded_by_max_objects_oldest_dropped_first() -> None:
     assert g.applied()["b"] == ((2,), T0)
     # Judging or rejecting never evicts.
     assert g.offer(ev(1, obj="b", event_id="b-old")) is STALE
-    assert g.judge(ev(1, obj="d")) is APPLY
+    assert g.judge(ev(1, ts=1, obj="d")) is APPLY  # newer than the forgotten a
+    assert g.judge(ev(1, obj="d")) is STALE  # not newer than a: could be an old replay
     assert list(g.applied()) == ["b", "c"]
 
 
@@ -221,13 +222,27 @@ def test_snapshot_restore_round_trip(before: list[TileEvent], after: list[TileEv
         g.offer(e)
     snap = g.snapshot()
     snap = pickle.loads(pickle.dumps(snap))  # as Bytewax recovery stores it
-    r = VersionGate.restore(7, 3, snap)
+    r = VersionGate.restore(7, 3, snap, g.floor_ms)
     assert r.snapshot() == g.snapshot()
     # The restored gate behaves exactly like the original from here on,
     # including which ids and objects are dropped first.
     for e in after:
         assert r.offer(e) is g.offer(e)
         assert r.snapshot() == g.snapshot()
+
+
+def test_a_forgotten_object_cannot_come_back_older() -> None:
+    """Review M5: past max_objects an object is forgotten; its old version stays refused."""
+    g = gate(max_objects=4)
+    assert g.offer(ev(5, ts=100, obj="A")) is APPLY
+    for i, name in enumerate("BCDEF"):
+        assert g.offer(ev(1, ts=101 + i, obj=name)) is APPLY
+    assert "A" not in g.applied()
+    assert g.offer(ev(3, ts=50, obj="A")) is STALE  # a late replay of A's older version
+    assert g.offer(ev(1, ts=200, obj="G")) is APPLY  # a new object: its own version counts
+    # The floor survives a snapshot, as Bytewax recovery stores it.
+    r = VersionGate.restore(1000, 4, pickle.loads(pickle.dumps(g.snapshot())), g.floor_ms)
+    assert r.offer(ev(2, ts=60, obj="A", event_id="again")) is STALE
 
 
 def test_restore_does_not_share_state_with_the_snapshot() -> None:

@@ -1,9 +1,13 @@
-"""Poison input: hostile records through decode, validate and enrich.
+"""Poison input: hostile records through decode, validate, enrich, order and encode.
 
 Whatever arrives, the stages must not raise, every record must end as tile
 events or one dead letter with a reason code, no record may reach the
-catch-all reasons (``internal_error``, ``expansion_failed``: those mean a bug
-of ours), and the DLQ record must be valid JSON.
+catch-all reasons (``internal_error``, ``expansion_failed``, ``encode_failed``:
+those mean a bug of ours), the DLQ record must be valid JSON with a bounded
+``error`` and size, and every tile event that comes through must encode as
+the sink writes it (the review's C1 passed validation and then crashed the
+sink's encoder). tests/e2e/test_hostile_records.py drives the same records
+through the real job.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from operators.bucket import TileBucket
 from operators.enrich import EnrichConfig, expand_batch
+from operators.tile_state import OrderConfig
 from operators.validate import _REASONS, ValidationConfig, validate_batch
-from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
+from sinks import guard
+from sinks.messages import encode
+from tilepipe.records import MAX_ERROR_CHARS, DeadLetter, FanOutEvent, RawRecord, TileEvent
 from tilepipe.wire import OWN_REASONS
 
 NOW = 1_800_000_000_000.0
@@ -49,11 +57,17 @@ def process(values: list[bytes | None]) -> tuple[list[TileEvent], list[DeadLette
         assert d.reason in REASONS, (d.reason, d.error)
         assert d.error and isinstance(d.error, str)
         assert d.origin == ORIGIN
+        assert len(d.error) <= MAX_ERROR_CHARS, (d.reason, len(d.error))
         doc = d.to_json_dict(raw_limit=4096)
         # Strict JSON: no NaN, valid UTF-8 all the way through.
         text = json.dumps(doc, allow_nan=False, ensure_ascii=False)
         assert json.loads(text)["reason"] == d.reason
-        orjson.dumps(doc)
+        assert len(orjson.dumps(doc)) < 4096 * 2 + 2048  # raw (base64 at worst) plus a bounded rest
+    # Order, apply and encode as the sink does: whatever validated must be writable.
+    bucket = TileBucket(OrderConfig(), None, NOW)
+    updates = bucket.on_events(tiles, NOW).updates + bucket.flush(NOW).updates
+    encoded, failed = guard.each(updates, encode)
+    assert failed == [] and len(encoded) == len(updates)
     return tiles, dead
 
 
@@ -118,6 +132,20 @@ CORPUS = {
     "ts far future": tile(ts=253402300799999),
     "ts year 10000": tile(ts="10000-01-01T00:00:00Z"),
     "version empty string": tile(version=""),
+    "version 2**64": tile(version=2**64),  # review C1
+    "version 2**63": tile(version=2**63),
+    "version 240k components": tile(version="1." * 240_000 + "1"),  # review H1
+    "version 1 MB non-numeric": tile(version="v" * ((1 << 20) - 200)),  # review H4
+    "huge kind value": tile(kind="k" * ((1 << 20) - 200)),
+    "huge tms value": tile(tms="t" * ((1 << 20) - 200)),
+    "many reading fields": b'{"event_id": "t", "kind": "telemetry", "version": 1,'
+    b' "source": "s", "ts": 1800000000000, "lon": 1, "lat": 1, "sensor_id": "a", '
+    + b", ".join(b'"f%d": %d' % (i, i) for i in range(5_000))
+    + b"}",
+    "reading beyond 64 bits": b'{"event_id": "t", "kind": "telemetry", "version": 1,'
+    b' "source": "s", "ts": 1800000000000, "lon": 1, "lat": 1, "sensor_id": "a",'
+    b' "value": 18446744073709551616}',
+    "unicode everywhere": tile(event_id="\u00e9\U0001f5fa", source="\u2603", layers=["\u0416"]),
     "version huge string": tile(version="9" * 100_000),
     "unclosed ring": feature({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}),
     "bow tie": feature(

@@ -11,7 +11,7 @@ from tilepipe.tiles import tile_key
 from tilepipe.versions import version_key
 
 T0 = 1_800_000_000_000  # event-time origin, ms
-W0 = 5_000_000.0  # wall-clock origin, ms
+W0 = T0 + 3_600_000.0  # wall clock, ms: an hour after the event-time origin (same epoch)
 CFG = OrderConfig(allowed_lateness_ms=1000, max_delay_ms=250, state_ttl_ms=60_000)
 
 
@@ -227,3 +227,40 @@ def test_a_busy_tile_broadcasts_once_per_max_delay():
     assert 4 <= len(updates) <= 1000 // CFG.max_delay_ms + 1
     assert sum(u.events for u in updates) == 200
     assert updates[-1].version == 200
+
+
+def test_a_future_dated_event_does_not_turn_off_ordering():
+    """Review L7: an event 5 min ahead made every later event of its tile 'late'."""
+    s = TileState(CFG)
+    now = W0
+    ahead = int(W0 - T0) + 300_000  # event time 5 min after the wall clock
+    s.on_events([ev(9, ahead, obj="clock-skewed")], now)
+    drain(s, now)
+    # It counts as dated now + lateness: past that, the tile's events are ordered again.
+    now += 3 * CFG.allowed_lateness_ms
+    on_time = int(now - T0)
+    late = s.on_events([ev(3, on_time - 200), ev(2, on_time - 400)], now)
+    assert late.late == 0 and late.updates == []  # held and ordered, not applied at once
+    [update] = drain(s, now)
+    assert (update.version, update.events) == (3, 2)
+
+
+def test_a_late_replay_superseded_by_a_held_event_is_stale_itself():
+    """Issue 12: a late v13 went out ahead of a held v14, and the held v1..v12 were stale."""
+    s = TileState(CFG)
+    now = W0
+    base = int(W0 - T0)
+    # v1..v12 and v14 arrive in time and are held (the tile is hot: nothing released yet).
+    held = [ev(v, base + v, event_id=f"h{v}") for v in (*range(1, 13), 14)]
+    assert s.on_events(held, now).updates == []
+    # A replay of the old v13, dated 10 s before: behind the watermark, so late.
+    out = s.on_events([ev(13, base + 14 - 10_000, event_id="replay")], now + 100)
+    assert (out.late, out.stale, out.updates) == (1, 1, [])
+    released = s.on_timer(now + CFG.max_delay_ms)
+    [update] = released.updates
+    assert (update.version, update.events, released.stale) == (14, 13, 0)
+    # A late event newer than everything held of its object still goes out at once.
+    s.on_events([ev(15, base + 20, event_id="fresh")], now + 2_000)
+    s.on_timer(now + 2_000 + CFG.max_delay_ms)
+    newer = s.on_events([ev(16, base + 19, event_id="late-but-new")], now + 10_000)
+    assert [u.version for u in newer.updates] == [16]

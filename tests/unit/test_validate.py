@@ -694,3 +694,38 @@ def test_nan_and_infinity_tokens() -> None:
     b = list(tile_bounds_lonlat(14, 8802, 5373))
     b[0] = math.nan
     assert dead(json.dumps(doc(bbox=b)).encode()).reason == "bbox_mismatch"
+
+
+# -- messages never echo unbounded input (review H4) ----------------------------------
+
+NEAR_LIMIT = (1 << 20) - 300
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"version": "v" * NEAR_LIMIT}, "invalid_version"),
+        ({"version": "1." * (NEAR_LIMIT // 2)}, "invalid_version"),
+        ({"kind": "k" * NEAR_LIMIT}, "unknown_kind"),  # pydantic's tag message quotes it
+        ({"tms": "t" * NEAR_LIMIT}, "unsupported_tms"),
+        ({"ts": "9" * NEAR_LIMIT}, "invalid_timestamp"),
+    ],
+)
+def test_a_dead_letter_never_echoes_a_huge_value(changes: dict[str, Any], reason: str) -> None:
+    d = validate_record(rec(body(**changes)), CFG)
+    assert isinstance(d, DeadLetter) and d.reason == reason
+    assert len(d.error) < 600
+    letter = json.dumps(d.to_json_dict(64 * 1024))
+    assert len(letter) < 100_000  # 64 KiB of raw and a bounded rest: far under the 1 MB limit
+
+
+def test_telemetry_reading_fields_are_bounded() -> None:
+    reading: dict[str, Any] = {"kind": "telemetry", "sensor_id": "s1", "lat": 1.0, "lon": 2.0}
+    reading.update(z=DROP, x=DROP, y=DROP)
+    for i in range(64):
+        reading[f"f{i}"] = i
+    assert not isinstance(validate_record(rec(body(**reading)), CFG), DeadLetter)
+    d = validate_record(rec(body(**reading, f64=1)), CFG)
+    assert isinstance(d, DeadLetter) and d.reason == "too_many_fields"
+    d = validate_record(rec(body(**{**reading, "f0": "x" * 5000})), CFG)
+    assert isinstance(d, DeadLetter) and (d.reason, d.field) == ("invalid_value", "f0")

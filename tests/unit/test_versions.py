@@ -17,7 +17,8 @@ from tilepipe.versions import order_key, version_key
     [
         (0, (0,)),
         (7, (7,)),
-        (10**20, (10**20,)),
+        (2**63 - 1, (2**63 - 1,)),
+        ("18446744073709551616", (2**64,)),  # past 64 bits: as a string
         ("0", (0,)),
         ("42", (42,)),
         ("4.2.0", (4, 2)),
@@ -83,12 +84,35 @@ def test_version_key_rejects(bad: object) -> None:
 
 
 def test_version_key_component_length_limit() -> None:
-    assert version_key("9" * 99) == (int("9" * 99),)
-    assert version_key(int("9" * 99)) == (int("9" * 99),)
+    assert version_key("9" * 64) == (int("9" * 64),)
     with pytest.raises(ValueError):
-        version_key("1." + "9" * 100)
+        version_key("1." + "9" * 63)
     with pytest.raises(ValueError):
         version_key(10**99)
+
+
+@pytest.mark.parametrize(
+    ("version", "says"),
+    [
+        (2**63, "0..2^63-1"),  # C1: orjson refuses integers past 64 bits
+        (2**64, "0..2^63-1"),
+        ("1." * 240_000 + "1", "over the 64 allowed"),  # H1: 480 KB of components
+        (".".join(["1"] * 17), "17 components, over the 16 allowed"),
+        ("v" * 1_000_000, "1000000 characters"),  # H4: the message must not echo it
+    ],
+)
+def test_version_key_bounds(version: int | str, says: str) -> None:
+    with pytest.raises(ValueError) as e:
+        version_key(version)
+    assert says in str(e.value)
+    assert len(str(e.value)) < 200
+
+
+def test_version_key_bounds_are_exact() -> None:
+    assert version_key(".".join(["1"] * 16)) == (1,) * 16
+    assert version_key("1" * 64) == (int("1" * 64),)
+    with pytest.raises(ValueError):
+        version_key("1" * 65)
 
 
 @given(st.lists(st.integers(0, 10**6), min_size=1, max_size=6), st.integers(0, 4))
@@ -102,7 +126,7 @@ def test_trailing_zeros_do_not_count(parts: list[int], zeros: int) -> None:
     assert version_key(text) == tuple(stripped)
 
 
-@given(st.integers(min_value=0, max_value=10**30))
+@given(st.integers(min_value=0, max_value=2**63 - 1))
 def test_int_and_string_agree(n: int) -> None:
     assert version_key(n) == version_key(str(n)) == (n,)
 
@@ -113,11 +137,11 @@ MAX_TS = 10**15 - 1  # the 15 digits order_key reserves for epoch milliseconds
 
 components = st.one_of(
     st.integers(0, 20),  # small numbers: many ties and near-ties
-    st.integers(0, 10**12),
-    st.integers(0, 10**99 - 1),  # the longest component version_key accepts
+    st.integers(0, 10**12 - 1),  # five of these are 64 characters, the longest accepted
 )
-version_strings = st.lists(components, min_size=1, max_size=5).map(
-    lambda parts: ".".join(map(str, parts))
+version_strings = st.one_of(
+    st.lists(components, min_size=1, max_size=5).map(lambda parts: ".".join(map(str, parts))),
+    st.integers(0, 10**64 - 1).map(str),  # the longest single component
 )
 timestamps = st.one_of(st.integers(0, 20), st.integers(0, MAX_TS))
 
