@@ -72,7 +72,6 @@ from tilepipe.tiles import MAX_LATITUDE, MAX_ZOOM
 
 __all__ = [
     "DEFAULT_MAX_TILES",
-    "HARD_MAX_TILES",
     "Cover",
     "cover_count",
     "cover_range",
@@ -81,10 +80,6 @@ __all__ = [
 
 TILE_PX = 256  # buffers are given in pixels of 256-px tiles
 DEFAULT_MAX_TILES = 10_000
-# Ceiling on what cover_range returns when even ``minzoom`` alone is over
-# ``max_tiles``: above it the cover goes coarser than minzoom (still marked
-# "zoom_capped") instead of building millions of tile events for one record.
-HARD_MAX_TILES = 100_000
 
 Method = Literal["exact", "bbox", "zoom_capped"]
 Reach = float | np.ndarray  # a buffer in normalised units: one, or one per tested tile
@@ -892,12 +887,13 @@ def cover_range(
       once out of time); everything below the listed deepest tiles is dirty
       too.
 
-    Never drops an event and never returns an empty cover for a non-empty
-    geometry: if ``minzoom`` alone is over ``max_tiles``, the ``minzoom``
-    cover is returned anyway (``"zoom_capped"``, ``zoom == minzoom``), unless
-    it is over ``max(HARD_MAX_TILES, max_tiles)``: then the deepest coarser
-    zoom whose bbox fits ``max_tiles`` is returned instead (``zoom < minzoom``),
-    so one record cannot fan out to millions of tile events.
+    Never drops an event, never returns an empty cover for a non-empty
+    geometry and never returns more than ``max_tiles``: if ``minzoom`` alone
+    is over it, the deepest coarser zoom that fits is returned (exact, or its
+    bbox once out of time; ``"zoom_capped"`` with ``zoom < minzoom``), so one
+    record cannot fan out past its budget whatever its zooms (a box of 3.5° at
+    ``minzoom = maxzoom = 14`` was 37,280 tiles against a 10,000 budget). The
+    deadline holds on this path too.
     """
     _check_zoom(minzoom, "minzoom")
     _check_zoom(maxzoom, "maxzoom")
@@ -945,14 +941,17 @@ def cover_range(
         if best is not None:
             return _exact_cover(best, "zoom_capped", maxzoom)
         if not timed_out:
-            # Even minzoom alone is over budget: never drop the event.
-            ceiling = max(HARD_MAX_TILES, max_tiles)
-            try:
-                levels = _exact_levels(prj, minzoom, minzoom, buffer_px, ceiling, None)
-                return _exact_cover(levels, "zoom_capped", maxzoom)
-            except _TooMany:
-                z = _coarser_than_minzoom(prj, minzoom, buffer_px, max_tiles)
-                return _bbox_cover(prj, [z], buffer_px, "zoom_capped", maxzoom)
+            # Even minzoom alone is over budget: the deepest coarser zoom that fits
+            # (its tiles stand for their subtrees), never the event dropped.
+            z = minzoom - 1
+            while z >= 0:
+                try:
+                    levels = _exact_levels(prj, z, z, buffer_px, max_tiles, deadline)
+                    return _exact_cover(levels, "zoom_capped", maxzoom)
+                except _TooMany:
+                    z -= 1
+                except _Timeout:
+                    break
 
     # Out of time: choose the zoom by bounding-box counts, which need no geometry work.
     total, deepest = 0, None
@@ -963,7 +962,5 @@ def cover_range(
         deepest = z
     if deepest is not None:
         return _bbox_cover(prj, range(minzoom, deepest + 1), buffer_px, "zoom_capped", maxzoom)
-    if _bbox_count(prj, minzoom, buffer_px) <= max(HARD_MAX_TILES, max_tiles):
-        return _bbox_cover(prj, [minzoom], buffer_px, "zoom_capped", maxzoom)
     z = _coarser_than_minzoom(prj, minzoom, buffer_px, max_tiles)
     return _bbox_cover(prj, [z], buffer_px, "zoom_capped", maxzoom)
