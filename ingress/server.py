@@ -69,6 +69,7 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, socket.socket]:
             settings.render_prefix,
             settings.jobs_max_tiles,
             settings.max_zoom,
+            rules=settings.geometry_rules(),
         )
         try:
             jobs.prepare()
