@@ -77,12 +77,19 @@ class Checked:
     features and sensors, their object (``feature:{source}:{id}``), whose versions
     the dataflow orders."""
     rejection: DeadLetter | None
+    errors: tuple[dict[str, Any], ...] = ()
+    """Every schema error of a 422 rejection, found while checking (in the thread)."""
 
 
 def check_record(index: int, value: bytes, config: ValidationConfig, now_ms: float) -> Checked:
     out = validate_record(RawRecord(value, {"index": index}, now_ms), config)
     if isinstance(out, DeadLetter):
-        return Checked(index, value, None, None, out)
+        errors: tuple[dict[str, Any], ...] = ()
+        # A refused repair is not tried again for the error list: it already cost its
+        # budget once. Anything else is cheap to validate a second time.
+        if rejection_status(out) == 422 and out.reason != "invalid_geometry":
+            errors = tuple(field_errors(value, config.geometry))
+        return Checked(index, value, None, None, out, errors)
     return Checked(index, value, *_identity(out), None)
 
 
@@ -128,7 +135,10 @@ def rejection_status(dead: DeadLetter) -> int:
 
 
 def rejection_result(checked: Checked, rules: GeometryRules) -> dict[str, Any]:
-    """The per-record answer for a rejected record: status, reason code, field errors."""
+    """The per-record answer for a rejected record: status, reason code, field errors.
+
+    No validation here: it runs on the event loop, the errors were found by
+    :func:`check_record`. (``rules`` is kept for the callers' signature.)"""
     dead = checked.rejection
     assert dead is not None
     result: dict[str, Any] = {
@@ -139,10 +149,8 @@ def rejection_result(checked: Checked, rules: GeometryRules) -> dict[str, Any]:
         "field": dead.field,
         "message": dead.error,
     }
-    if result["status"] == 422:
-        errors = field_errors(checked.value, rules)
-        if errors:
-            result["errors"] = errors
+    if checked.errors:
+        result["errors"] = list(checked.errors)
     return result
 
 

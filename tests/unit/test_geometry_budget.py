@@ -21,6 +21,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from starlette.testclient import TestClient
 
 from ingress.app import create_app
+from ingress.intake import check_records, rejection_result
 from operators.validate import ValidationConfig, validate_record
 from tests.unit.test_ingress_app import NOW_MS, FakeProducer, make_ingress
 from tilepipe.client import signed_headers
@@ -107,3 +108,21 @@ def test_the_ingress_answers_healthz_while_a_heavy_request_is_checked() -> None:
     assert answer["status"] == 422 and answer["took"] < CEILING_S, answer
     assert answer["doc"]["results"][0]["reason"] == "invalid_geometry"
     assert producer.sent == []
+
+
+def test_the_answer_for_a_refused_repair_does_not_repair_again_on_the_event_loop(
+    monkeypatch,
+) -> None:
+    import tilepipe.geometry
+
+    config = ValidationConfig()
+    [checked] = check_records([json.dumps(feature(star(151))).encode()], config, NOW_MS)
+    assert checked.rejection is not None and checked.rejection.reason == "invalid_geometry"
+    calls = []
+    real = tilepipe.geometry.make_valid_within
+    monkeypatch.setattr(
+        tilepipe.geometry, "make_valid_within", lambda *a: calls.append(a) or real(*a)
+    )
+    result = rejection_result(checked, config.geometry)  # what the event loop runs
+    assert result["status"] == 422 and result["reason"] == "invalid_geometry"
+    assert calls == []
