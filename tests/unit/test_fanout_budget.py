@@ -8,11 +8,15 @@ source batch was expanded whole (303,495 tile events from 100 small records).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import h3
 import pytest
+import shapely
+from shapely.geometry import box
 
+from operators.cover import cover_range
 from operators.enrich import MIN_TILES_PER_EVENT, EnrichConfig, expand, expand_batch
 from operators.validate import ValidationConfig, validate_record
 from tilepipe.records import FanOutEvent, RawRecord, TileEvent
@@ -98,3 +102,42 @@ def test_a_batch_is_held_to_its_tile_budget_and_every_record_keeps_tiles() -> No
     assert all(sum(e.weight for e in evs) == 1 for evs in by_object.values())
     assert {e.coverage for e in by_object["feature:it:f0"]} == {"exact"}
     assert {e.coverage for e in by_object["feature:it:f39"]} == {"zoom_capped"}
+
+
+def comb(teeth: int, vertical: bool) -> dict:
+    """A valid polygon with thin teeth; a vertical and a horizontal one cross teeth² times."""
+    pts: list[list[float]] = []
+    for i in range(teeth):
+        a, b = i / teeth * 0.1, i / teeth * 0.1 + 0.05 / teeth
+        if vertical:
+            pts += [[13 + a, 52], [13 + a, 52.1], [13 + b, 52.1], [13 + b, 52]]
+        else:
+            pts += [[13, 52 + a], [13.1, 52 + a], [13.1, 52 + b], [13, 52 + b]]
+    pts += [[13.1, 51.99], [13, 51.99]] if vertical else [[12.99, 52.1], [12.99, 52]]
+    return {"type": "Polygon", "coordinates": [[*pts, pts[0]]]}
+
+
+def test_diff_expiry_is_held_to_the_cover_budget_and_falls_back_to_old_and_new() -> None:
+    new, old = comb(800, True), comb(800, False)  # the symmetric difference took 71 s
+    fan = record(kind="feature", feature_id="c", op="upsert", geometry=new,
+                 previous_geometry=old, maxzoom=12)  # fmt: skip
+    started = time.monotonic()
+    out = expand(fan, CFG)
+    assert time.monotonic() - started < 20  # a generous ceiling; the budget is 0.25 s
+    # Old and new, and their union too costly: their bounding box, recorded as such.
+    assert isinstance(out, list) and {e.coverage for e in out} == {"bbox"}
+    m = fan.model
+    both = cover_range(shapely.GeometryCollection([m.geometry, m.previous_geometry]), 0, 12)
+    assert sorted((e.z, e.x, e.y) for e in out) == both.tiles
+
+
+def test_diff_expiry_of_an_ordinary_edit_still_dirties_only_the_change() -> None:
+    lake = box_feature(13.0, 52.0, 13.2, 52.2).model.geometry
+    new = shapely.geometry.mapping(shapely.segmentize(lake, 0.0005))  # ~1,600 vertices
+    old = shapely.geometry.mapping(shapely.segmentize(box(13.0, 52.0, 13.2, 52.25), 0.0005))
+    fan = record(kind="feature", feature_id="l", op="upsert", geometry=new,
+                 previous_geometry=old, maxzoom=14)  # fmt: skip
+    out = expand(fan, CFG)
+    assert isinstance(out, list) and {e.coverage for e in out} == {"exact"}
+    changed = cover_range(box(13.0, 52.2, 13.2, 52.25), 0, 14)
+    assert sorted((e.z, e.x, e.y) for e in out) == changed.tiles
