@@ -48,7 +48,7 @@ from ingress.intake import (
     ACCEPTED_MEDIA_TYPES,
     Checked,
     body_kind,
-    check_record,
+    check_records,
     rejection_result,
     split_records,
 )
@@ -190,7 +190,8 @@ class Ingress:
                 " a request; split the batch",
             )
         now = time.time() * 1000
-        checked = [check_record(i, v, self.config, now) for i, v in enumerate(values)]
+        # Off the event loop, so /healthz and other requests are answered meanwhile.
+        checked = await asyncio.to_thread(check_records, values, self.config, now)
         results: list[dict[str, Any] | None] = [None] * len(checked)
         good: list[Checked] = []
         for c in checked:
@@ -228,8 +229,9 @@ class Ingress:
                 " (and check the client's clock)",
             )
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_request_bytes
+    async def _read_body(self, request: Request, limit: int | None = None) -> bytes:
+        """The body, refused (413) as soon as it passes ``limit`` (the events' by default)."""
+        limit = self.settings.max_request_bytes if limit is None else limit
         too_large = Rejected(
             413, "too_large", f"the body is over the {limit}-byte limit; send smaller batches"
         )
@@ -423,7 +425,7 @@ class Ingress:
                 )
                 if body_kind(request.headers.get("content-type")) != "json":
                     raise Rejected(415, "unsupported_media_type", "Content-Type: application/json")
-                body = await self._read_body(request)
+                body = await self._read_body(request, jobs_api.MAX_BODY)
                 self._authenticate(request, body)
                 response = await jobs_api.post_job(self.jobs, request, body)
             else:

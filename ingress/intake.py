@@ -9,6 +9,8 @@ dead-letter, with the same reason codes. No I/O here.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,8 +34,13 @@ ACCEPTED_MEDIA_TYPES = ("application/json", "application/x-ndjson")
 # Records that are not JSON objects at all are a bad request; JSON objects that break
 # the schema are unprocessable; one record over the size limit is too large.
 _STATUS = {"invalid_json": 400, "not_an_object": 400, "invalid_encoding": 400,
-           "empty_record": 400, "too_large": 413}  # fmt: skip
+           "empty_record": 400, "too_large": 413, "check_deadline": 413}  # fmt: skip
 MAX_FIELD_ERRORS = 20
+# How long one request's records may take to check. Each record is bounded on
+# its own (a geometry repair by tilepipe.geometry.REPAIR_BUDGET_S), so a request
+# answers within this plus one record's budget; the records not reached are
+# rejected (413 ``check_deadline``), nothing of them is produced.
+CHECK_DEADLINE_S = 5.0
 
 
 def body_kind(content_type: str | None) -> BodyKind | None:
@@ -73,14 +80,49 @@ class Checked:
     source: str | None = None
     """The record's ``source``: with the key id and the event id, its identity in the
     ingress's dedup window (ids are only unique per producer)."""
+    errors: tuple[dict[str, Any], ...] = ()
+    """Every schema error of a 422 rejection, found while checking (in the thread)."""
 
 
 def check_record(index: int, value: bytes, config: ValidationConfig, now_ms: float) -> Checked:
     out = validate_record(RawRecord(value, {"index": index}, now_ms), config)
     if isinstance(out, DeadLetter):
-        return Checked(index, value, None, None, out)
+        errors: tuple[dict[str, Any], ...] = ()
+        # A refused repair is not tried again for the error list: it already cost its
+        # budget once. Anything else is cheap to validate a second time.
+        if rejection_status(out) == 422 and out.reason != "invalid_geometry":
+            errors = tuple(field_errors(value, config.geometry))
+        return Checked(index, value, None, None, out, errors=errors)
     event_id, key, source = _identity(out)
     return Checked(index, value, event_id, key, None, source)
+
+
+def check_records(
+    values: Sequence[bytes],
+    config: ValidationConfig,
+    now_ms: float,
+    deadline_s: float = CHECK_DEADLINE_S,
+) -> list[Checked]:
+    """Check a request's records, giving up on the rest once ``deadline_s`` has passed.
+
+    Blocking (pydantic, GEOS, a repair worker): the ingress runs it in a thread, so
+    the event loop (``/healthz`` included) goes on answering meanwhile."""
+    deadline = time.monotonic() + deadline_s
+    out = []
+    for i, value in enumerate(values):
+        if time.monotonic() > deadline:
+            late = DeadLetter(
+                "check_deadline",
+                f"checking the request took over {deadline_s:g} s; record {i} and later"
+                " were not checked, send fewer or simpler records a request",
+                b"",
+                {"index": i},
+                now_ms,
+            )
+            out.append(Checked(i, value, None, None, late))
+        else:
+            out.append(check_record(i, value, config, now_ms))
+    return out
 
 
 def _identity(event: TileEvent | FanOutEvent) -> tuple[str, str, str]:
@@ -97,7 +139,10 @@ def rejection_status(dead: DeadLetter) -> int:
 
 
 def rejection_result(checked: Checked, rules: GeometryRules) -> dict[str, Any]:
-    """The per-record answer for a rejected record: status, reason code, field errors."""
+    """The per-record answer for a rejected record: status, reason code, field errors.
+
+    No validation here: it runs on the event loop, the errors were found by
+    :func:`check_record`. (``rules`` is kept for the callers' signature.)"""
     dead = checked.rejection
     assert dead is not None
     result: dict[str, Any] = {
@@ -108,10 +153,8 @@ def rejection_result(checked: Checked, rules: GeometryRules) -> dict[str, Any]:
         "field": dead.field,
         "message": dead.error,
     }
-    if result["status"] == 422:
-        errors = field_errors(checked.value, rules)
-        if errors:
-            result["errors"] = errors
+    if checked.errors:
+        result["errors"] = list(checked.errors)
     return result
 
 

@@ -10,15 +10,25 @@ job or query.
 ``POST /v1/jobs`` with ``{"operation": "rerender_region", "bbox": [minlon,
 minlat, maxlon, maxlat]`` *or* ``"geometry": {GeoJSON}``, ``"minzoom"``,
 ``"maxzoom"``, optional ``"idempotency_key"`` and ``"deadline_ms"`` (how
-long from now the tiles are worth rendering; later they are only
-invalidated)} answers 202 with ``Location: /v1/jobs/{id}`` and the job's
-status; the same idempotency key answers the same job (``"created": false``).
-The ledger and queue calls are blocking and run in a thread.
+long from now the tiles are worth rendering, at most :data:`MAX_DEADLINE_MS`;
+later they are only invalidated)} answers 202 with ``Location: /v1/jobs/{id}``
+and the job's status; the same idempotency key answers the same job
+(``"created": false``). A request without one is keyed by its signature, so a
+captured request replayed within the signature window is the same job, never
+a new region.
+
+The geometry gets the events' checks (:func:`tilepipe.geometry.check_geometry`:
+nesting, coordinate range, vertex cap, a repair within its budget), and the
+repair and the cover share one deadline (``cover_deadline_s``), so a request
+costs at most that much geometry work whatever it holds. Bodies are limited
+to :data:`MAX_BODY`. The ledger and queue calls are blocking and run in a
+thread, like the geometry work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Annotated, Any, Literal
 
@@ -34,9 +44,17 @@ from starlette.responses import Response
 from operators.cover import cover_range
 from render import regions
 from render.queue import RenderQueue
-from tilepipe.geometry import GeometryError, from_geojson
+from tilepipe.geometry import REPAIR_BUDGET_S, GeometryError, check_geometry, from_geojson
+from tilepipe.signing import SIGNATURE_HEADER
+from tilepipe.wire import GeometryRules
 
 MAX_BODY = 1 << 20
+# A week: far beyond any useful render deadline, far inside PostgreSQL's bigint
+# (an unbounded value failed there with a DataError: a 500 and a traceback).
+MAX_DEADLINE_MS = 7 * 24 * 3600 * 1000
+# The cover's share of the deadline is never below this, so a repair that used
+# most of it still leaves the cover time to fall back to the bounding box.
+_MIN_COVER_S = 0.05
 
 
 class RegionJobBody(BaseModel):
@@ -48,7 +66,7 @@ class RegionJobBody(BaseModel):
     minzoom: Annotated[int, Field(ge=0, le=30)]
     maxzoom: Annotated[int, Field(ge=0, le=30)]
     idempotency_key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    deadline_ms: Annotated[int, Field(gt=0)] | None = None
+    deadline_ms: Annotated[int, Field(gt=0, le=MAX_DEADLINE_MS)] | None = None
     buffer: Annotated[float, Field(ge=0, le=256)] = 0.0
 
     @model_validator(mode="after")
@@ -73,6 +91,7 @@ class JobsAPI:
         max_tiles: int,
         max_zoom: int,
         cover_deadline_s: float = 2.0,
+        rules: GeometryRules | None = None,
     ) -> None:
         self.dsn = ledger_dsn
         # A few pooled connections, checked on checkout, instead of one connection (and a
@@ -91,6 +110,7 @@ class JobsAPI:
         self.max_tiles = max_tiles
         self.max_zoom = max_zoom
         self.cover_deadline_s = cover_deadline_s
+        self.rules = rules or GeometryRules()
 
     def prepare(self) -> None:
         """Create the tables and the queue's group; raises on an unreachable service."""
@@ -101,12 +121,27 @@ class JobsAPI:
 
     # -- blocking work, run in a thread ---------------------------------------------
 
-    def submit(self, body: RegionJobBody) -> tuple[dict[str, Any], bool]:
+    def submit(
+        self, body: RegionJobBody, signature: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Create (or find) the region job; ``signature`` keys a request without an
+        idempotency key."""
         if body.maxzoom > self.max_zoom:
             raise ValueError(f"maxzoom {body.maxzoom} is above the limit of {self.max_zoom}")
-        geom = box(*body.bbox) if body.bbox is not None else from_geojson(body.geometry)
+        started = time.perf_counter()
+        if body.bbox is not None:
+            geom = box(*body.bbox)
+        else:
+            rules = self.rules
+            geom = check_geometry(
+                from_geojson(body.geometry),
+                rules.max_vertices,
+                rules.repair,
+                min(REPAIR_BUDGET_S, self.cover_deadline_s),
+            )
+        left = self.cover_deadline_s - (time.perf_counter() - started)
         cover = cover_range(
-            geom, body.minzoom, body.maxzoom, body.buffer, self.max_tiles, self.cover_deadline_s
+            geom, body.minzoom, body.maxzoom, body.buffer, self.max_tiles, max(left, _MIN_COVER_S)
         )
         deadline = None if body.deadline_ms is None else int(time.time() * 1000) + body.deadline_ms
         req = regions.RegionRequest(
@@ -115,7 +150,7 @@ class JobsAPI:
             cover_method=cover.method,
             cover_zoom=cover.zoom,
             request=body.model_dump(exclude_none=True),
-            idempotency_key=body.idempotency_key,
+            idempotency_key=body.idempotency_key or _signature_key(signature),
             deadline_ms=deadline,
         )
         with self._pool.connection() as conn:
@@ -137,6 +172,14 @@ class JobsAPI:
         self.client.close()
 
 
+def _signature_key(signature: str | None) -> str | None:
+    """The idempotency key of a request that brought none: a digest of its signature
+    (the signature itself is never stored or shown), the same for a replay."""
+    if signature is None:
+        return None
+    return "signature-sha256:" + hashlib.sha256(signature.encode("latin-1")).hexdigest()[:32]
+
+
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(doc), status, headers, media_type="application/json")
 
@@ -151,6 +194,8 @@ only invalidated, COMPLETED when every tile was rendered and committed."""
 
 
 async def post_job(api: JobsAPI, request: Request, body: bytes) -> Response:
+    if len(body) > MAX_BODY:
+        return _error(413, "too_large", f"the body is over the {MAX_BODY}-byte limit of a job")
     try:
         parsed = RegionJobBody.model_validate_json(body)
     except ValidationError as e:
@@ -158,7 +203,8 @@ async def post_job(api: JobsAPI, request: Request, body: bytes) -> Response:
         where = ".".join(str(p) for p in first["loc"]) or "body"
         return _error(422, "invalid_job", f"{where}: {first['msg'].removeprefix('Value error, ')}")
     try:
-        doc, created = await asyncio.to_thread(api.submit, parsed)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        doc, created = await asyncio.to_thread(api.submit, parsed, signature)
     except (ValueError, GeometryError) as e:
         return _error(422, "invalid_job", str(e))
     except (psycopg.OperationalError, redis.RedisError):

@@ -81,6 +81,7 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, list[socket.socket]]:
             settings.render_prefix,
             settings.jobs_max_tiles,
             settings.max_zoom,
+            rules=settings.geometry_rules(),
         )
         try:
             jobs.prepare()

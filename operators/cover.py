@@ -67,12 +67,12 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from tilepipe.geometry import GeometryError
+from tilepipe.geometry import REPAIR_BUDGET_S, GeometryError
+from tilepipe.repair import RepairOverBudget, union_within
 from tilepipe.tiles import MAX_LATITUDE, MAX_ZOOM
 
 __all__ = [
     "DEFAULT_MAX_TILES",
-    "HARD_MAX_TILES",
     "Cover",
     "cover_count",
     "cover_range",
@@ -81,10 +81,6 @@ __all__ = [
 
 TILE_PX = 256  # buffers are given in pixels of 256-px tiles
 DEFAULT_MAX_TILES = 10_000
-# Ceiling on what cover_range returns when even ``minzoom`` alone is over
-# ``max_tiles``: above it the cover goes coarser than minzoom (still marked
-# "zoom_capped") instead of building millions of tile events for one record.
-HARD_MAX_TILES = 100_000
 
 Method = Literal["exact", "bbox", "zoom_capped"]
 Reach = float | np.ndarray  # a buffer in normalised units: one, or one per tested tile
@@ -354,7 +350,26 @@ class _Projected:
         return self.area.covers(boxes, edges)
 
 
-def _prepare(geom: BaseGeometry) -> _Projected:
+class _Unrepaired(Exception):
+    """The projected area is invalid and its repair ran out of budget: only the
+    geometry's bounds are known, so the caller covers its bounding box."""
+
+    def __init__(self, bounds: tuple[float, float, float, float]) -> None:
+        super().__init__("the projected area could not be repaired within the budget")
+        self.bounds = bounds
+
+
+def _repair_area(polys: np.ndarray, projected: BaseGeometry, budget_s: float) -> BaseGeometry:
+    """The union of the repaired polygons, in the budgeted worker: overlapping
+    members of a collection can be an overlay bomb (two valid interleaved combs
+    of 800 teeth took over a minute here)."""
+    try:
+        return union_within(shapely.multipolygons(polys), budget_s)
+    except RepairOverBudget:
+        raise _Unrepaired(tuple(shapely.total_bounds(projected))) from None
+
+
+def _prepare(geom: BaseGeometry, repair_budget_s: float = REPAIR_BUDGET_S) -> _Projected:
     if geom is None or geom.is_empty:
         raise GeometryError("empty_geometry", "geometry is empty")
     coords = shapely.get_coordinates(geom)
@@ -374,7 +389,7 @@ def _prepare(geom: BaseGeometry) -> _Projected:
             # Clamping at the poles, unwrapping, or overlapping members of a
             # collection can leave an invalid area, on which "covers" is
             # unreliable. Repair and union in the projected plane.
-            fixed = _components(shapely.union_all(shapely.make_valid(polys)))
+            fixed = _components(_repair_area(polys, projected, repair_budget_s))
             polys = fixed["polygons"]
             lines = np.concatenate([lines, fixed["lines"]])  # collapsed parts still touch
             points = np.concatenate([points, fixed["points"]])
@@ -803,6 +818,14 @@ def _check_buffer(buffer_px: float) -> None:
         raise ValueError(f"buffer_px must be a finite number >= 0, got {buffer_px!r}")
 
 
+def _prepare_or_refuse(geom: BaseGeometry) -> _Projected:
+    """:func:`_prepare` for the exact-only functions, which have no bbox to fall back to."""
+    try:
+        return _prepare(geom)
+    except _Unrepaired as e:
+        raise GeometryError("invalid_geometry", str(e)) from None
+
+
 def tile_cover(geom: BaseGeometry, zoom: int, buffer_px: float = 0.0) -> set[Tile]:
     """Exact cover of ``geom`` at ``zoom``: every ``(x, y)`` whose closed box is
     within ``buffer_px`` pixels (256-px tiles) of the geometry, interiors
@@ -810,7 +833,7 @@ def tile_cover(geom: BaseGeometry, zoom: int, buffer_px: float = 0.0) -> set[Til
     or non-finite geometry."""
     _check_zoom(zoom)
     _check_buffer(buffer_px)
-    tiles = _descend(_prepare(geom), zoom, _buffer_units(buffer_px, zoom), None, None)
+    tiles = _descend(_prepare_or_refuse(geom), zoom, _buffer_units(buffer_px, zoom), None, None)
     xs, ys = tiles.arrays()
     return set(zip(xs.tolist(), ys.tolist(), strict=True))
 
@@ -826,7 +849,8 @@ def cover_count(
     _check_zoom(zoom)
     _check_buffer(buffer_px)
     try:
-        return _descend(_prepare(geom), zoom, _buffer_units(buffer_px, zoom), limit, None).count()
+        prj = _prepare_or_refuse(geom)
+        return _descend(prj, zoom, _buffer_units(buffer_px, zoom), limit, None).count()
     except _TooMany as e:
         return e.lower_bound
 
@@ -892,12 +916,13 @@ def cover_range(
       once out of time); everything below the listed deepest tiles is dirty
       too.
 
-    Never drops an event and never returns an empty cover for a non-empty
-    geometry: if ``minzoom`` alone is over ``max_tiles``, the ``minzoom``
-    cover is returned anyway (``"zoom_capped"``, ``zoom == minzoom``), unless
-    it is over ``max(HARD_MAX_TILES, max_tiles)``: then the deepest coarser
-    zoom whose bbox fits ``max_tiles`` is returned instead (``zoom < minzoom``),
-    so one record cannot fan out to millions of tile events.
+    Never drops an event, never returns an empty cover for a non-empty
+    geometry and never returns more than ``max_tiles``: if ``minzoom`` alone
+    is over it, the deepest coarser zoom that fits is returned (exact, or its
+    bbox once out of time; ``"zoom_capped"`` with ``zoom < minzoom``), so one
+    record cannot fan out past its budget whatever its zooms (a box of 3.5° at
+    ``minzoom = maxzoom = 14`` was 37,280 tiles against a 10,000 budget). The
+    deadline holds on this path too.
     """
     _check_zoom(minzoom, "minzoom")
     _check_zoom(maxzoom, "maxzoom")
@@ -909,14 +934,21 @@ def cover_range(
     if deadline_s is not None and not deadline_s >= 0:
         raise ValueError(f"deadline_s must be >= 0 or None, got {deadline_s!r}")
     deadline = None if deadline_s is None else time.perf_counter() + deadline_s
-    prj = _prepare(geom)
-
     timed_out = False
+    try:
+        prj = _prepare(geom, REPAIR_BUDGET_S if deadline_s is None else max(deadline_s, 0.01))
+    except _Unrepaired as e:  # as if out of time: only the bounds are known
+        prj = _Projected((), None, e.bounds)
+        timed_out = True
+
     bound = maxzoom - 1  # the deepest zoom that may fit, once maxzoom did not
     try:
-        return _exact_cover(
-            _exact_levels(prj, minzoom, maxzoom, buffer_px, max_tiles, deadline), "exact", maxzoom
-        )
+        if not timed_out:
+            return _exact_cover(
+                _exact_levels(prj, minzoom, maxzoom, buffer_px, max_tiles, deadline),
+                "exact",
+                maxzoom,
+            )
     except _TooMany as e:
         if e.level is not None:  # the running total first broke the budget there
             bound = min(bound, e.level - 1)
@@ -945,14 +977,17 @@ def cover_range(
         if best is not None:
             return _exact_cover(best, "zoom_capped", maxzoom)
         if not timed_out:
-            # Even minzoom alone is over budget: never drop the event.
-            ceiling = max(HARD_MAX_TILES, max_tiles)
-            try:
-                levels = _exact_levels(prj, minzoom, minzoom, buffer_px, ceiling, None)
-                return _exact_cover(levels, "zoom_capped", maxzoom)
-            except _TooMany:
-                z = _coarser_than_minzoom(prj, minzoom, buffer_px, max_tiles)
-                return _bbox_cover(prj, [z], buffer_px, "zoom_capped", maxzoom)
+            # Even minzoom alone is over budget: the deepest coarser zoom that fits
+            # (its tiles stand for their subtrees), never the event dropped.
+            z = minzoom - 1
+            while z >= 0:
+                try:
+                    levels = _exact_levels(prj, z, z, buffer_px, max_tiles, deadline)
+                    return _exact_cover(levels, "zoom_capped", maxzoom)
+                except _TooMany:
+                    z -= 1
+                except _Timeout:
+                    break
 
     # Out of time: choose the zoom by bounding-box counts, which need no geometry work.
     total, deepest = 0, None
@@ -963,7 +998,5 @@ def cover_range(
         deepest = z
     if deepest is not None:
         return _bbox_cover(prj, range(minzoom, deepest + 1), buffer_px, "zoom_capped", maxzoom)
-    if _bbox_count(prj, minzoom, buffer_px) <= max(HARD_MAX_TILES, max_tiles):
-        return _bbox_cover(prj, [minzoom], buffer_px, "zoom_capped", maxzoom)
     z = _coarser_than_minzoom(prj, minzoom, buffer_px, max_tiles)
     return _bbox_cover(prj, [z], buffer_px, "zoom_capped", maxzoom)

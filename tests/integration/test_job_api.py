@@ -5,10 +5,13 @@ finishes with every tile in the store, and an oversized region records its fallb
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -24,6 +27,7 @@ from render.stores import DirectoryStore
 from tests.support.ingress import IngressProcess
 from tests.support.services import RedisSubscriber
 from tilepipe.client import signed_headers
+from tilepipe.signing import SIGNATURE_HEADER
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +125,82 @@ def test_a_region_job_reports_progress_and_finishes(
         status, _, doc = call(base, "POST", "/v1/jobs", big)
         assert status == 202 and doc["cover"]["method"] == "zoom_capped"
         assert doc["cover"]["zoom"] < 18 and doc["progress"]["total"] <= 200
+
+
+def star(n: int) -> dict[str, Any]:
+    """The review's repair bomb: a star polygon whose edges cross most others."""
+    k = n // 2
+    pts = [[13 + 0.01 * math.cos(a), 52 + 0.01 * math.sin(a)]
+           for a in ((i * k % n) * 2 * math.pi / n for i in range(n))]  # fmt: skip
+    return {"type": "Polygon", "coordinates": [[*pts, pts[0]]]}
+
+
+def declare_only(base: str, target: str, length: int) -> tuple[int, Any]:
+    """Send a POST's headers declaring ``length`` body bytes, none of them, and read the answer."""
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest("POST", target)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(length))
+        for k, v in signed_headers(SECRET, b"", method="POST", target=target).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def post_raw(base: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    req = urllib.request.Request(base + "/v1/jobs", body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_job_api_checks_geometry_within_its_deadline_and_bounds_what_it_takes(
+    kafka, redis_url: str, ledger_dsn: str
+) -> None:
+    prefix = f"tp-{uuid.uuid4().hex[:8]}"
+    env = {"TILEPIPE_RENDER_LEDGER": ledger_dsn, "TILEPIPE_RENDER_REDIS": redis_url,
+           "TILEPIPE_RENDER_PREFIX": prefix, "TILEPIPE_INGRESS_JOBS_MAX_TILES": "500"}  # fmt: skip
+    job = {"operation": "rerender_region", "minzoom": 10, "maxzoom": 12}
+    with IngressProcess(kafka.url(kafka.new_topic("jobs")), secrets=f"k1:{SECRET.decode()}",
+                        env=env) as ingress:  # fmt: skip
+        base = ingress.url
+        # Repair within the deadline: refused in about a second (was 24 s, then accepted).
+        started = time.monotonic()
+        status, _, doc = call(base, "POST", "/v1/jobs", {**job, "geometry": star(151)})
+        took = time.monotonic() - started
+        assert status == 422 and "within budget" in doc["message"], doc
+        assert took < 10  # a generous ceiling: the budget is 1 s
+        # The events' checks: coordinate range and vertex cap.
+        far = {"type": "Point", "coordinates": [13, 152]}
+        status, _, doc = call(base, "POST", "/v1/jobs", {**job, "geometry": far})
+        assert status == 422 and "out of range" in doc["message"], doc
+        # A bowtie is still repaired, as events are.
+        bowtie = {"type": "Polygon", "coordinates": [[[13, 52], [13.1, 52.1], [13.1, 52],
+                                                      [13, 52.1], [13, 52]]]}  # fmt: skip
+        status, _, doc = call(base, "POST", "/v1/jobs", {**job, "geometry": bowtie,
+                                                         "idempotency_key": "bowtie"})  # fmt: skip
+        assert status == 202, doc
+        # The 1 MiB body limit (8 MiB was taken), refused on the declared length before a
+        # byte of the body is read (so a client still sending sees the answer, not a pipe).
+        status, doc = declare_only(base, "/v1/jobs", (1 << 20) + 1)
+        assert status == 413 and doc["error"] == "too_large", doc
+        # deadline_ms is bounded: 422, not a PostgreSQL DataError and a 500.
+        status, _, doc = call(base, "POST", "/v1/jobs",
+                              {**job, "bbox": BBOX, "deadline_ms": 10**17})  # fmt: skip
+        assert status == 422 and "deadline_ms" in doc["message"], doc
+        # A captured request without an idempotency key, replayed: the same job.
+        body = json.dumps({**job, "bbox": BBOX}).encode()
+        headers = {"Content-Type": "application/json"} | signed_headers(SECRET, body, target="/v1/jobs")
+        first = post_raw(base, body, headers)
+        replay = post_raw(base, body, headers)
+        assert first[0] == replay[0] == 202, (first, replay)
+        assert replay[1]["id"] == first[1]["id"] and replay[1]["created"] is False
+        assert SECRET.decode() not in json.dumps(replay[1])
+        assert headers[SIGNATURE_HEADER] not in json.dumps(replay[1])

@@ -26,7 +26,7 @@ from shapely.geometry import (
     box,
 )
 
-from operators.cover import HARD_MAX_TILES, Cover, cover_count, cover_range, tile_cover
+from operators.cover import Cover, cover_count, cover_range, tile_cover
 from tilepipe.geometry import GeometryError, check_geometry, from_geojson
 from tilepipe.tiles import tile_bounds_lonlat
 
@@ -342,35 +342,49 @@ def test_tile_budget_caps_the_zoom(scene, max_tiles: int, depth: int, buffer_px:
     geom, maxzoom = scene
     minzoom = max(0, maxzoom - depth)
     cover = cover_range(geom, minzoom, maxzoom, buffer_px, max_tiles)
-    assert cover.tiles
+    assert cover.tiles and len(cover.tiles) <= max_tiles  # whatever the zooms
     got = by_zoom(cover)
-    assert min(got) == minzoom and max(got) == cover.zoom
-    exact = {z: tile_cover(geom, z, buffer_px) for z in range(minzoom, maxzoom + 1)}
+    assert max(got) == cover.zoom
+    exact = {z: tile_cover(geom, z, buffer_px) for z in range(maxzoom + 1)}
     for z in got:
         assert got[z] == exact[z]  # exact at every zoom it lists
-    if sum(len(exact[z]) for z in exact) <= max_tiles:
-        assert cover.method == "exact" and cover.zoom == maxzoom
+    if sum(len(exact[z]) for z in range(minzoom, maxzoom + 1)) <= max_tiles:
+        assert cover.method == "exact" and cover.zoom == maxzoom and min(got) == minzoom
         return
     assert cover.method == "zoom_capped"
-    if len(cover.tiles) > max_tiles:  # only when minzoom alone is over budget
-        assert cover.zoom == minzoom
-    else:  # and it is the deepest zoom that fits
+    if len(exact[minzoom]) > max_tiles:  # minzoom alone is over: the deepest coarser zoom
+        assert set(got) == {cover.zoom} and cover.zoom < minzoom
+        assert len(exact[cover.zoom + 1]) > max_tiles
+    else:  # the deepest zoom that fits
+        assert min(got) == minzoom
         assert sum(len(exact[z]) for z in range(minzoom, cover.zoom + 2)) > max_tiles
 
 
-def test_minzoom_alone_over_budget_still_returns_minzoom() -> None:
+def test_minzoom_alone_over_budget_goes_to_the_deepest_coarser_zoom_that_fits() -> None:
     geom = box(0, 40, 10, 50)
+    assert len(tile_cover(geom, 8)) > 5
     cover = cover_range(geom, 8, 10, max_tiles=5)
-    assert (cover.method, cover.zoom, cover.requested_maxzoom) == ("zoom_capped", 8, 10)
-    assert by_zoom(cover) == {8: tile_cover(geom, 8)}
+    assert (cover.method, cover.requested_maxzoom) == ("zoom_capped", 10)
+    assert cover.zoom < 8 and len(cover.tiles) <= 5
+    assert by_zoom(cover) == {cover.zoom: tile_cover(geom, cover.zoom)}
+    assert len(tile_cover(geom, cover.zoom + 1)) > 5
 
 
-def test_over_the_hard_ceiling_goes_coarser_than_minzoom() -> None:
+def test_minzoom_equal_to_maxzoom_at_high_zoom_stays_within_budget() -> None:
+    # The review's box: 37,280 tiles at z14 alone, returned whole against 10,000.
+    geom = box(10, 45, 13.5, 48.5)
+    cover = cover_range(geom, 14, 14, max_tiles=10_000, deadline_s=2.0)
+    assert cover.method == "zoom_capped" and cover.zoom == 13 and len(cover.tiles) <= 10_000
+    assert by_zoom(cover) == {13: tile_cover(geom, 13)}
+
+
+@pytest.mark.parametrize("deadline_s", [None, 0.0])
+def test_world_sized_shapes_stay_within_budget(deadline_s) -> None:
     world = box(-180, -MAX_LAT, 180, MAX_LAT)
-    assert HARD_MAX_TILES < 4**10
-    cover = cover_range(world, 10, 12, max_tiles=100)
-    assert (cover.method, cover.zoom) == ("zoom_capped", 3)
-    assert len(cover.tiles) == 64
+    for minzoom, maxzoom in ((10, 12), (14, 14), (0, 14)):
+        cover = cover_range(world, minzoom, maxzoom, max_tiles=100, deadline_s=deadline_s)
+        assert cover.method == "zoom_capped" and len(cover.tiles) <= 100
+        assert cover.zoom == 3  # z3 is 64 tiles, z0-z3 85, z4 alone 256
 
 
 def test_deadline_zero_falls_back_to_bbox_when_it_fits() -> None:
@@ -396,7 +410,7 @@ def test_deadline_zero_over_budget_caps_the_zoom_by_bbox() -> None:
 
 def test_deadline_zero_and_minzoom_over_budget_still_returns_tiles() -> None:
     cover = cover_range(box(0, 40, 10, 50), 9, 12, max_tiles=10, deadline_s=0.0)
-    assert cover.method == "zoom_capped" and cover.zoom == 9 and cover.tiles
+    assert cover.method == "zoom_capped" and cover.zoom < 9 and 0 < len(cover.tiles) <= 10
 
 
 def test_cover_count_stops_early_with_a_limit() -> None:
