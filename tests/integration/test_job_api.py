@@ -197,7 +197,8 @@ def test_the_job_api_checks_geometry_within_its_deadline_and_bounds_what_it_take
         assert status == 422 and "deadline_ms" in doc["message"], doc
         # A captured request without an idempotency key, replayed: the same job.
         body = json.dumps({**job, "bbox": BBOX}).encode()
-        headers = {"Content-Type": "application/json"} | signed_headers(SECRET, body, target="/v1/jobs")
+        signed = signed_headers(SECRET, body, target="/v1/jobs")
+        headers = {"Content-Type": "application/json"} | signed
         first = post_raw(base, body, headers)
         replay = post_raw(base, body, headers)
         assert first[0] == replay[0] == 202, (first, replay)
