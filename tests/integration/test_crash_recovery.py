@@ -123,8 +123,15 @@ def test_sigterm_drains_and_snapshots_so_a_restart_reads_on_exactly(
     stream = [tile_event(f"t{x}-v{v}", v, x, now + v * 20)
               for v in range(1, versions + 1) for x in range(tiles)]  # fmt: skip
 
+    reading = threading.Event()
+
     def produce() -> None:
-        for i in range(0, len(stream), 200):  # ~3 s
+        # The first chunk, then the rest (~3 s) only once the job reads: on a loaded
+        # machine the job may start after a fast producer has finished, and the SIGTERM
+        # would then land after the whole stream instead of in the middle of it.
+        kafka.produce(topic, stream[:200], key=key_of)
+        reading.wait(120)
+        for i in range(200, len(stream), 200):
             kafka.produce(topic, stream[i : i + 200], key=key_of)
             time.sleep(0.1)
 
@@ -136,9 +143,11 @@ def test_sigterm_drains_and_snapshots_so_a_restart_reads_on_exactly(
     first = Job(*args)
     try:
         first.wait_metric("tilepipe_events_in_total", lambda v: v > 0)
+        reading.set()
         time.sleep(1.0)
         code1, _, err1 = first.stop()  # SIGTERM
     finally:
+        reading.set()
         if first.proc.poll() is None:
             first.kill()
     producer.join()
