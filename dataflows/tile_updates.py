@@ -28,15 +28,25 @@ from tilepipe.records import DeadLetter, RawRecord, TileUpdate
 from tilepipe.wire import GeometryRules
 
 
-def build_flow(settings: Settings) -> Dataflow:
+def build_flow(
+    settings: Settings,
+    *,
+    source: Source[RawRecord] | None = None,
+    sink: Sink[TileUpdate] | None = None,
+    dlq: Sink[DeadLetter] | None = None,
+) -> Dataflow:
+    """The flow for ``settings``; ``source``, ``sink`` and ``dlq`` replace the ends the
+    settings name (``bytewax.testing``'s in tests/unit/test_flow_in_process.py)."""
     flow = Dataflow("tile_updates")
-    raw = op.input("source", flow, make_source(settings))
+    raw = op.input("source", flow, make_source(settings) if source is None else source)
     validated = validate("validate", raw, config=validation_config(settings))
     expanded = enrich("enrich", validated.oks, config=enrich_config(settings))
     dead = op.merge("dead", validated.errs, expanded.errs)
-    op.output("dead_letters", dead, make_dlq(settings))
+    op.output("dead_letters", dead, make_dlq(settings) if dlq is None else dlq)
     updates = order_and_apply("apply", expanded.oks, config=order_config(settings))
-    if settings.render_queue:  # render first; the render worker broadcasts after the commit
+    if sink is not None:
+        op.output("broadcast", updates, sink)
+    elif settings.render_queue:  # render first; the render worker broadcasts after the commit
         op.output("render_queue", updates, make_render_queue(settings))
     else:
         op.output("broadcast", updates, make_sink(settings))

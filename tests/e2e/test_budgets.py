@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from operators.enrich import MIN_TILES_PER_EVENT, EnrichConfig
-from tests.e2e.test_cli import NOW_MS, event, summary, tilepipe, write_jsonl
+from tests.support.events import NOW_MS, tile_event
+from tests.support.job import summary, tilepipe, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +53,11 @@ def run(tmp_path: Path, records: list) -> tuple[tuple[int, ...], list[dict], lis
 
 
 def test_a_star_polygon_is_dead_lettered_within_the_budget_and_the_file_goes_on(tmp_path):
-    records = [event("t1", 1, 100), feature("star", star(151)), event("t2", 1, 101)]
+    records = [
+        tile_event(event_id="t1", version=1, x=100, y=1343),
+        feature("star", star(151)),
+        tile_event(event_id="t2", version=1, x=101, y=1343),
+    ]
     (total, broadcast, _, _, dead_n), lines, dead, took = run(tmp_path, records)
     assert (total, broadcast, dead_n) == (3, 2, 1)
     assert [d["reason"] for d in dead] == ["invalid_geometry"]

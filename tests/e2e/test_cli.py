@@ -5,52 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.events import NOW_MS, tile_event
+from tests.support.job import summary, tilepipe, write_jsonl
+
 pytestmark = pytest.mark.e2e
 
-SUMMARY = re.compile(
-    r"tilepipe: (\d+) records in: (\d+) broadcast, (\d+) duplicate, (\d+) stale,"
-    r" (\d+) dead-lettered; ran [0-9.]+ s, \d+ records/s, peak RSS \d+ MiB$"
-)
-NOW_MS = int(time.time() * 1000)
-
-
-def tilepipe(*args: str, stdin: bytes | None = None, env: dict | None = None, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "tilepipe", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-        env={**os.environ, "TILEPIPE_PROGRESS_INTERVAL": "3600", **(env or {})},
-    )
-
-
-def summary(stderr: bytes) -> tuple[int, ...]:
-    lines = [ln for ln in stderr.decode().splitlines() if ln.startswith("tilepipe: ")]
-    assert len(lines) == 1, stderr.decode()[-2000:]
-    m = SUMMARY.match(lines[0])
-    assert m, lines[0]
-    return tuple(int(g) for g in m.groups())
-
-
-def event(event_id: str, version, x: int, ts: int = NOW_MS, **extra) -> dict:
-    return {"event_id": event_id, "kind": "tile", "version": version, "source": "e2e",
-            "ts": ts, "z": 12, "x": x, "y": 1343, **extra}  # fmt: skip
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    with path.open("w") as f:
-        for r in records:
-            f.write(r if isinstance(r, str) else json.dumps(r))
-            f.write("\n")
-    return path
+Y = 1343  # the row of every tile here, at 52.5 deg N
 
 
 def test_the_readme_default_runs_on_the_generator_and_accounts_for_everything():
@@ -73,17 +39,19 @@ def test_file_in_file_out_with_dead_letters(tmp_path: Path):
     src = write_jsonl(
         tmp_path / "events.jsonl",
         [
-            event("a1", 1, x=10),
-            event("a3", 3, x=10, ts=NOW_MS + 20),
-            event("a2", 2, x=10, ts=NOW_MS + 10),  # shuffled within lateness
-            event("a3", 3, x=10, ts=NOW_MS + 20),  # duplicate event id
-            event("b1", "1.9.0", x=11),
-            event("b2", "1.10.0", x=11, ts=NOW_MS + 5),
+            tile_event(event_id="a1", version=1, x=10, y=Y),
+            tile_event(event_id="a3", version=3, x=10, ts=NOW_MS + 20, y=Y),
+            tile_event(
+                event_id="a2", version=2, x=10, ts=NOW_MS + 10, y=Y
+            ),  # shuffled within lateness
+            tile_event(event_id="a3", version=3, x=10, ts=NOW_MS + 20, y=Y),  # duplicate event id
+            tile_event(event_id="b1", version="1.9.0", x=11, y=Y),
+            tile_event(event_id="b2", version="1.10.0", x=11, ts=NOW_MS + 5, y=Y),
             "",  # blank lines are not records
             "{not json",
-            event("bad-y", 1, x=10, y=99999),
-            event("bad-ts", 1, x=10, ts="last tuesday"),
-            event("bad-bbox", 1, x=10, bbox=[0, 0, 1, 1]),
+            tile_event(event_id="bad-y", version=1, x=10, y=99999),
+            tile_event(event_id="bad-ts", version=1, x=10, ts="last tuesday", y=Y),
+            tile_event(event_id="bad-bbox", version=1, x=10, bbox=[0, 0, 1, 1], y=Y),
         ],
     )
     out, dlq = tmp_path / "out.jsonl", tmp_path / "dlq.jsonl"
@@ -112,7 +80,9 @@ def test_file_in_file_out_with_dead_letters(tmp_path: Path):
 
 
 def test_stdin_to_stdout(tmp_path: Path):
-    body = "\n".join(json.dumps(event(f"s{i}", i, x=i % 3)) for i in range(1, 31)).encode()
+    body = "\n".join(
+        json.dumps(tile_event(event_id=f"s{i}", version=i, x=i % 3, y=Y)) for i in range(1, 31)
+    ).encode()
     done = tilepipe("run", "--source", "file:-", "--dlq", f"file:{tmp_path / 'dlq'}", stdin=body)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert summary(done.stderr) == (30, 30, 0, 0, 0)
@@ -124,7 +94,13 @@ def test_stdin_to_stdout(tmp_path: Path):
 
 
 def test_python_m_bytewax_run_uses_the_same_settings(tmp_path: Path):
-    src = write_jsonl(tmp_path / "in.jsonl", [event("e1", 1, x=1), event("e2", 2, x=1)])
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            tile_event(event_id="e1", version=1, x=1, y=Y),
+            tile_event(event_id="e2", version=2, x=1, y=Y),
+        ],
+    )
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "TILEPIPE_SOURCE": f"file:{src}", "TILEPIPE_SINK": f"file:{out}",
            "TILEPIPE_DLQ": f"file:{tmp_path / 'dlq'}"}  # fmt: skip

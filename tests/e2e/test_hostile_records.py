@@ -20,9 +20,6 @@ subscriber. Every run must:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,10 +34,10 @@ from operators.tile_state import OrderConfig
 from operators.validate import ValidationConfig, validate_batch
 from sinks import guard
 from sinks.messages import encode
-from tests.integration.test_dataflow import counts
+from tests.support.hostile import CORPUS, event_like
+from tests.support.hostile import NOW as POISON_NOW
+from tests.support.job import counts, run_to_end, tilepipe
 from tests.support.services import RedisSubscriber
-from tests.unit.test_poison import CORPUS, event_like
-from tests.unit.test_poison import NOW as POISON_NOW
 from tilepipe.records import DeadLetter, RawRecord, TileEvent
 from tilepipe.timeutil import now_ms
 
@@ -94,12 +91,8 @@ def run_file_job(tmp: Path, records: list[bytes]) -> tuple[dict[str, int], list,
     src.write_bytes(b"\n".join(records) + b"\n")
     for p in (out, dlq):
         p.unlink(missing_ok=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "tilepipe", "run", "--source", f"file:{src}",
-         "--sink", f"file:{out}", "--dlq", f"file:{dlq}"],
-        capture_output=True, timeout=60 + PER_RECORD_S * len(records),
-        env={**os.environ, "TILEPIPE_PROGRESS_INTERVAL": "3600"},
-    )  # fmt: skip
+    done = tilepipe("run", "--source", f"file:{src}", "--sink", f"file:{out}",
+                    "--dlq", f"file:{dlq}", timeout=60 + PER_RECORD_S * len(records))  # fmt: skip
     stderr = done.stderr.decode(errors="replace")
     assert done.returncode == 0, stderr[-3000:]
     run_s = float(stderr.rsplit("; ran ", 1)[1].split(" s", 1)[0])
@@ -188,13 +181,9 @@ def test_the_poison_corpus_from_kafka_to_redis(kafka, redis_url, redis_client, c
     topic, dlq = kafka.new_topic("hostile"), kafka.new_topic("hostile-dlq")
     kafka.produce(topic, records)  # type: ignore[arg-type]
     with RedisSubscriber(redis_url, channel) as sub:
-        done = subprocess.run(
-            [sys.executable, "-m", "tilepipe", "run", "--source", kafka.url(topic),
-             "--sink", f"{redis_url}?channel={channel}", "--dlq", kafka.url(dlq),
-             "--kafka-exit-at-end"],
-            capture_output=True, timeout=60 + PER_RECORD_S * len(records),
-            env={**os.environ, "TILEPIPE_PROGRESS_INTERVAL": "3600"},
-        )  # fmt: skip
+        sink = f"{redis_url}?channel={channel}"
+        done = run_to_end("--source", kafka.url(topic), "--sink", sink, "--dlq", kafka.url(dlq),
+                          timeout=60 + PER_RECORD_S * len(records))  # fmt: skip
         stderr = done.stderr.decode(errors="replace")
         assert done.returncode == 0, stderr[-3000:]
         c = counts(stderr)

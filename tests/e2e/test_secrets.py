@@ -19,7 +19,7 @@ from operators.validate import sign
 from sinks.kafka import KafkaProducerWriter
 from sinks.redis import connect
 from sources.kafka import KafkaTopicSource
-from tests.e2e.test_cli import tilepipe
+from tests.support.job import tilepipe
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e

@@ -18,12 +18,14 @@ from collections import defaultdict
 
 import pytest
 
-from tests.integration.test_dataflow import Job, counts, key_of, tile_event
+from tests.support.events import tile_record
+from tests.support.job import Job, counts, key_of
 from tests.support.services import RedisSubscriber
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TILES = 300
+Z, Y = 15, 10_000  # one row of tiles: x alone names the tile
 VERSIONS = 80
 KILLS = 4
 
@@ -44,7 +46,10 @@ def test_kill_9_and_restart_keeps_every_tile_forward_and_complete(
     now = int(time.time() * 1000)
     stream: list[bytes] = []
     for v in range(1, VERSIONS + 1):
-        batch = [tile_event(f"t{x}-v{v}", v, x, now + v * 20) for x in range(TILES)]
+        batch = [
+            tile_record(event_id=f"t{x}-v{v}", version=v, x=x, ts=now + v * 20, z=Z, y=Y)
+            for x in range(TILES)
+        ]
         rng.shuffle(batch)
         stream += batch
         if v % 10 == 0:
@@ -70,7 +75,7 @@ def test_kill_9_and_restart_keeps_every_tile_forward_and_complete(
         producer.join()
         job = Job(*args)
         try:
-            keys = [f"tilepipe:tile:WebMercatorQuad:15:{x}:10000" for x in range(TILES)]
+            keys = [f"tilepipe:tile:WebMercatorQuad:{Z}:{x}:{Y}" for x in range(TILES)]
             deadline = time.monotonic() + 90
             while True:
                 stored = [json.loads(m) if m else None for m in stored_messages(redis_client, keys)]
@@ -120,7 +125,7 @@ def test_sigterm_drains_and_snapshots_so_a_restart_reads_on_exactly(
     topic = kafka.new_topic("sigterm", partitions=2)
     tiles, versions = 100, 60
     now = int(time.time() * 1000)
-    stream = [tile_event(f"t{x}-v{v}", v, x, now + v * 20)
+    stream = [tile_record(event_id=f"t{x}-v{v}", version=v, x=x, ts=now + v * 20, z=Z, y=Y)
               for v in range(1, versions + 1) for x in range(tiles)]  # fmt: skip
 
     reading = threading.Event()
@@ -163,7 +168,7 @@ def test_sigterm_drains_and_snapshots_so_a_restart_reads_on_exactly(
     # The final snapshot held the exact offsets: nothing read twice, nothing skipped.
     assert c1["in"] + c2["in"] == len(stream)
     assert c1["duplicate"] == c2["duplicate"] == 0
-    keys = [f"tilepipe:tile:WebMercatorQuad:15:{x}:10000" for x in range(tiles)]
+    keys = [f"tilepipe:tile:WebMercatorQuad:{Z}:{x}:{Y}" for x in range(tiles)]
     stored = [json.loads(m) for m in stored_messages(redis_client, keys)]
     assert {m["version"] for m in stored} == {versions}
     print(f"\nSIGTERM test: {c1['in']} records before the SIGTERM, {c2['in']} after the restart")

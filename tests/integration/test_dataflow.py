@@ -7,120 +7,17 @@ subscriber sees what map clients would see.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.support.services import RedisSubscriber, free_port
-from tilepipe.tiles import tile_key
+from tests.support.events import tile_record
+from tests.support.job import Job, counts, key_of, run_to_end
+from tests.support.services import RedisSubscriber
 
 pytestmark = pytest.mark.integration
 
-SUMMARY = re.compile(
-    r"tilepipe: (\d+) records in: (\d+) broadcast, (\d+) duplicate, (\d+) stale,"
-    r" (\d+) dead-lettered"
-)
-
-
-def tile_event(event_id: str, version, x: int, ts: int, z: int = 15, y: int = 10_000) -> bytes:
-    return json.dumps(
-        {
-            "event_id": event_id,
-            "kind": "tile",
-            "version": version,
-            "source": "it",
-            "ts": ts,
-            "z": z,
-            "x": x,
-            "y": y,
-        }
-    ).encode()
-
-
-def key_of(value: bytes) -> bytes | None:
-    try:
-        d = json.loads(value)
-        return tile_key(d["z"], d["x"], d["y"]).encode()
-    except Exception:
-        return None
-
-
-class Job:
-    """``tilepipe run`` in a subprocess."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.metrics_port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tilepipe",
-                "run",
-                *args,
-                "--metrics-port",
-                str(self.metrics_port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "TILEPIPE_PROGRESS_INTERVAL": "3600", **(env or {})},
-        )
-
-    def metric(self, name: str, timeout: float = 20) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                body = urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
-                ).read()
-                for line in body.decode().splitlines():
-                    if line.startswith(name + " ") or line.startswith(name + "{"):
-                        return float(line.rsplit(" ", 1)[1])
-                raise LookupError(name)
-            except (OSError, LookupError):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
-
-    def wait_metric(self, name: str, predicate, timeout: float = 30) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.metric(name)
-            if predicate(value):
-                return value
-            assert time.monotonic() < deadline, f"{name} stayed at {value}"
-            time.sleep(0.2)
-
-    def stop(self, timeout: float = 60) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out.decode(), err.decode()
-
-    def stop_when_done(self, timeout: float = 120) -> tuple[int, str, str]:
-        """Wait for a job that ends by itself (file source, ``--kafka-exit-at-end``)."""
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        return self.proc.returncode, out.decode(), err.decode()
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.communicate(timeout=30)
-
-
-def counts(stderr: str) -> dict[str, int]:
-    m = SUMMARY.search(stderr)
-    assert m, stderr[-3000:]
-    keys = ("in", "broadcast", "duplicate", "stale", "dead_letter")
-    return dict(zip(keys, map(int, m.groups()), strict=True))
+Z, Y = 15, 10_000  # one row of tiles: x alone names the tile
 
 
 def test_kafka_to_redis_orders_dedups_and_dead_letters(kafka, redis_url, redis_client, channel):
@@ -132,10 +29,15 @@ def test_kafka_to_redis_orders_dedups_and_dead_letters(kafka, redis_url, redis_c
     for x in tiles:
         versions = [1, 2, 3, 4, 5]
         order = [3, 1, 5, 2, 4] if x % 2 else [5, 4, 3, 2, 1]  # shuffled inside lateness
-        phase1 += [tile_event(f"t{x}-v{v}", v, x, now + v * 10) for v in order]
+        phase1 += [
+            tile_record(event_id=f"t{x}-v{v}", version=v, x=x, ts=now + v * 10, z=Z, y=Y)
+            for v in order
+        ]
         versions.clear()
-    phase1.append(tile_event("t0-v3", 3, 0, now + 30))  # same event again
-    invalid = [b"{nope", b"[1, 2]", tile_event("bad", 1, x=1, ts=now, z=2),
+    phase1.append(
+        tile_record(event_id="t0-v3", version=3, x=0, ts=now + 30, z=Z, y=Y)
+    )  # same event again
+    invalid = [b"{nope", b"[1, 2]", tile_record(event_id="bad", version=1, x=1, ts=now, z=2, y=Y),
                b'{"kind": "tile", "event_id": "x", "version": 1, "source": "it",'
                b' "ts": "soon", "z": 1, "x": 0, "y": 0}']  # fmt: skip
     sink = f"{redis_url}?channel={channel}"
@@ -149,9 +51,15 @@ def test_kafka_to_redis_orders_dedups_and_dead_letters(kafka, redis_url, redis_c
             kafka.produce(
                 topic,
                 [
-                    tile_event("t0-v2-replay", 2, 0, now + 20),  # old version: stale
-                    tile_event("t1-v5", 5, 1, now + 50),  # duplicate id
-                    tile_event("t2-v6", 6, 2, now),  # newer version, old time: applied
+                    tile_record(
+                        event_id="t0-v2-replay", version=2, x=0, ts=now + 20, z=Z, y=Y
+                    ),  # old version: stale
+                    tile_record(
+                        event_id="t1-v5", version=5, x=1, ts=now + 50, z=Z, y=Y
+                    ),  # duplicate id
+                    tile_record(
+                        event_id="t2-v6", version=6, x=2, ts=now, z=Z, y=Y
+                    ),  # newer version, old time: applied
                 ],
                 key=key_of,
             )
@@ -195,12 +103,20 @@ def test_idle_tile_state_is_evicted_and_forward_only_survives_it(
         job = Job("--source", kafka.url(topic), "--sink", sink, "--dlq", "file:/dev/null",
                   "--state-ttl", "1s")  # fmt: skip
         try:
-            kafka.produce(topic, [tile_event(f"e{x}", 7, x, now) for x in range(50)])
+            kafka.produce(
+                topic,
+                [
+                    tile_record(event_id=f"e{x}", version=7, x=x, ts=now, z=Z, y=Y)
+                    for x in range(50)
+                ],
+            )
             sub.wait_for(50, timeout=60)
             assert job.wait_metric("tilepipe_tiles_tracked", lambda v: v == 50, timeout=5) == 50
             job.wait_metric("tilepipe_tiles_tracked", lambda v: v == 0, timeout=30)
             # The state is gone; an old version replayed now must still not go out.
-            kafka.produce(topic, [tile_event("old", 3, 0, now - 1000)])
+            kafka.produce(
+                topic, [tile_record(event_id="old", version=3, x=0, ts=now - 1000, z=Z, y=Y)]
+            )
             job.wait_metric("tilepipe_events_in_total", lambda v: v >= 51)
             time.sleep(1.5)
             code, _, err = job.stop()
@@ -213,19 +129,14 @@ def test_idle_tile_state_is_evicted_and_forward_only_survives_it(
                            "dead_letter": 0}  # fmt: skip
 
 
-def run_to_end(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "tilepipe", "run", "--kafka-exit-at-end", *args],
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "TILEPIPE_PROGRESS_INTERVAL": "3600"},
-    )
-
-
 def test_two_worker_processes_give_the_single_process_result(kafka, redis_url, redis_client):
     topic = kafka.new_topic("workers", partitions=2)
     now = int(time.time() * 1000)
-    events = [tile_event(f"w{x}-{v}", v, x, now + v) for v in range(1, 21) for x in range(40)]
+    events = [
+        tile_record(event_id=f"w{x}-{v}", version=v, x=x, ts=now + v, z=Z, y=Y)
+        for v in range(1, 21)
+        for x in range(40)
+    ]
     events += [b"not json", events[5]]
     kafka.produce(topic, events, key=key_of)
     finals = {}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from operators.cover import cover_range
-from tests.integration.test_dataflow import counts, run_to_end
+from tests.support.events import dumps, feature_event, telemetry_event
+from tests.support.job import counts, run_to_end
 from tests.support.services import RedisSubscriber
 from tilepipe.geometry import from_geojson
 
@@ -26,10 +26,11 @@ def test_a_boundary_change_broadcasts_every_covered_tile_once(
 ):
     topic = kafka.new_topic("features")
     now = int(time.time() * 1000)
-    event = {"event_id": "b-1", "kind": "feature", "version": 7, "source": "admin",
-             "ts": now, "feature_id": "district-11", "op": "upsert", "geometry": BOUNDARY,
-             "minzoom": 8, "maxzoom": 15}  # fmt: skip
-    kafka.produce(topic, [json.dumps(event).encode()])
+    event = feature_event(
+        event_id="b-1", version=7, source="admin", ts=now, feature_id="district-11",
+        geometry=BOUNDARY, minzoom=8, maxzoom=15,
+    )  # fmt: skip
+    kafka.produce(topic, [dumps(event)])
     expected = cover_range(from_geojson(BOUNDARY), 8, 15, 0.0, 10_000, 5.0)
     assert expected.method == "exact" and len(expected.tiles) > 50
     with RedisSubscriber(redis_url, channel) as sub:
@@ -48,19 +49,18 @@ def test_a_telemetry_burst_is_coalesced(kafka, redis_url, redis_client, channel)
     topic = kafka.new_topic("telemetry")
     now = int(time.time() * 1000)
     readings = [
-        json.dumps(
-            {
-                "event_id": f"r{i}",
-                "kind": "telemetry",
-                "version": i,
-                "source": "gw",
-                "ts": now + i,
-                "sensor_id": "pm25-42",
-                "lat": 52.5163,
-                "lon": 13.3777,
-                "pm25": 10 + i % 7,
-            }
-        ).encode()
+        dumps(
+            telemetry_event(
+                event_id=f"r{i}",
+                version=i,
+                source="gw",
+                ts=now + i,
+                sensor_id="pm25-42",
+                lat=52.5163,
+                lon=13.3777,
+                pm25=10 + i % 7,
+            )
+        )
         for i in range(1, 1001)
     ]
     kafka.produce(topic, readings)

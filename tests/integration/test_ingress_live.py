@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 import pytest
 import trustme
 
-from tests.integration.test_dataflow import Job, counts
+from tests.support.events import feature_event, tile_event
 from tests.support.ingress import IngressProcess
+from tests.support.job import Job, counts, tilepipe
 from tests.support.services import KafkaBroker, RedisSubscriber
 from tilepipe.client import post, send_events, signed_headers
 from tilepipe.signing import sign
@@ -29,11 +28,7 @@ pytestmark = pytest.mark.integration
 OLD = b"old-secret-0123456789abcdef0123456789"  # services refuse keys under 32 bytes
 NEW = b"new-secret-0123456789abcdef0123456789"
 ROTATION = f"k2026:{OLD.decode()},k2027:{NEW.decode()}"
-
-
-def tile(event_id: str, x: int, version: int = 1, z: int = 12, **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "kind": "tile", "version": version, "source": "it",
-            "ts": int(time.time() * 1000), "z": z, "x": x, "y": 1343, **extra}  # fmt: skip
+Y = 1343  # the row of every tile here
 
 
 def ids_on(kafka: KafkaBroker, topic: str, expected: int) -> list[str]:
@@ -45,10 +40,9 @@ def test_signed_events_reach_redis_and_direct_writes_are_held_to_the_same_rule(
 ) -> None:
     topic = kafka.new_topic("ingress-raw", partitions=2)
     dlq = kafka.new_topic("ingress-dlq")
-    feature = {"event_id": "f1", "kind": "feature", "version": 3, "source": "osm",
-               "ts": int(time.time() * 1000), "feature_id": "node/1", "op": "upsert",
-               "geometry": {"type": "Point", "coordinates": [13.4, 52.5]},
-               "minzoom": 10, "maxzoom": 10}  # fmt: skip
+    feature = feature_event(event_id="f1", version=3, source="osm", feature_id="node/1",
+                            geometry={"type": "Point", "coordinates": [13.4, 52.5]},
+                            minzoom=10, maxzoom=10)  # fmt: skip
     sink = f"{redis_url}?channel={channel}"
     with (
         IngressProcess(kafka.url(topic), secrets=ROTATION) as ingress,
@@ -57,16 +51,17 @@ def test_signed_events_reach_redis_and_direct_writes_are_held_to_the_same_rule(
         job = Job("--source", kafka.url(topic), "--sink", sink, "--dlq", kafka.url(dlq),
                   env={"TILEPIPE_HMAC_SECRETS": ROTATION})  # fmt: skip
         try:
-            one = send_events(ingress.url, [tile("t0", 0)], secret=NEW)
+            one = send_events(ingress.url, [tile_event(event_id="t0", x=0, y=Y)], secret=NEW)
             batch = send_events(
-                ingress.url, [tile(f"t{x}", x) for x in range(1, 6)] + [feature],
+                ingress.url,
+                [tile_event(event_id=f"t{x}", x=x, y=Y) for x in range(1, 6)] + [feature],
                 secret=OLD,  # the key being retired still works in the overlap
             )  # fmt: skip
             assert (one.status, one.count("accepted")) == (202, 1), one.body
             assert (batch.status, batch.count("accepted")) == (202, 6), batch.body
             # A producer writing to Kafka directly must sign the same way.
-            unsigned = json.dumps(tile("direct-unsigned", 9)).encode()
-            forged = json.dumps(tile("direct-forged", 10)).encode()
+            unsigned = json.dumps(tile_event(event_id="direct-unsigned", x=9, y=Y)).encode()
+            forged = json.dumps(tile_event(event_id="direct-forged", x=10, y=Y)).encode()
             ts = str(int(time.time()))
             kafka.produce(topic, [unsigned])
             kafka.produce(topic, [forged], headers={"x-tilepipe-timestamp": ts,
@@ -101,7 +96,7 @@ def test_signed_events_reach_redis_and_direct_writes_are_held_to_the_same_rule(
 
 def test_every_kind_of_bad_request_gets_its_status_and_produces_nothing(kafka) -> None:
     topic = kafka.new_topic("ingress-bad")
-    good = json.dumps(tile("good", 1)).encode()
+    good = json.dumps(tile_event(event_id="good", x=1, y=Y)).encode()
     with IngressProcess(kafka.url(topic), secrets=ROTATION,
                         env={"TILEPIPE_INGRESS_MAX_REQUEST_BYTES": "4096"}) as ingress:  # fmt: skip
         url = ingress.url
@@ -117,13 +112,19 @@ def test_every_kind_of_bad_request_gets_its_status_and_produces_nothing(kafka) -
         cases = {
             "unsigned": (raw(good), 401),
             "unknown key": (post(url, good, "application/json", secret=b"guess"), 401),
-            "tampered": (raw(json.dumps(tile("good", 2)).encode(), **fresh), 401),
+            "tampered": (
+                raw(json.dumps(tile_event(event_id="good", x=2, y=Y)).encode(), **fresh),
+                401,
+            ),
             "replayed an hour later": (raw(good, **old), 401),
             "text/plain": (signed(good, "text/plain"), 415),
             "too large": (signed(b"\n".join([good] * 100), "application/x-ndjson"), 413),
             "not JSON": (signed(b"{nope"), 400),
             "not an object": (signed(b"[1, 2]"), 400),
-            "invalid tile": (signed(json.dumps(tile("bad", 5000)).encode()), 422),
+            "invalid tile": (
+                signed(json.dumps(tile_event(event_id="bad", x=5000, y=Y)).encode()),
+                422,
+            ),
             "missing fields": (signed(b'{"kind": "tile"}'), 422),
             "all bad batch": (signed(b"{nope\n[]\n", "application/x-ndjson"), 400),
         }
@@ -143,14 +144,16 @@ def test_every_kind_of_bad_request_gets_its_status_and_produces_nothing(kafka) -
 
 def test_a_replayed_request_is_accepted_once_and_a_resent_id_is_not_duplicated(kafka) -> None:
     topic = kafka.new_topic("ingress-replay")
-    body = json.dumps(tile("once", 1)).encode()
+    body = json.dumps(tile_event(event_id="once", x=1, y=Y)).encode()
     headers = signed_headers(OLD, body)
     with IngressProcess(kafka.url(topic), secrets=ROTATION) as ingress:
         first = post(ingress.url, body, "application/json", secret=None, extra_headers=headers)
         replay = post(ingress.url, body, "application/json", secret=None, extra_headers=headers)
         # The same producer (key) resending the same record: known per key and source, with
         # its bytes' digest (M4; the same id with other bytes would be 409).
-        resent = send_events(ingress.url, [body, tile("twice", 2)], secret=OLD)
+        resent = send_events(
+            ingress.url, [body, tile_event(event_id="twice", x=2, y=Y)], secret=OLD
+        )
         assert [first.status, replay.status, resent.status] == [202, 202, 202]
         assert replay.body["results"][0]["result"] == "duplicate"
         assert [r["result"] for r in resent.body["results"]] == ["duplicate", "accepted"]
@@ -163,7 +166,9 @@ def test_a_secret_rotates_without_a_gap(kafka) -> None:
     n = iter(range(100))
 
     def status(ingress: IngressProcess, secret: bytes) -> int:
-        return send_events(ingress.url, [tile(f"r{next(n)}", 1)], secret=secret).status
+        return send_events(
+            ingress.url, [tile_event(event_id=f"r{next(n)}", x=1, y=Y)], secret=secret
+        ).status
 
     with IngressProcess(kafka.url(topic), secrets=f"k2026:{OLD.decode()}") as before:
         assert [status(before, OLD), status(before, NEW)] == [202, 401]
@@ -181,9 +186,12 @@ def test_broker_down_is_503_with_retry_after_and_the_retries_land_once_it_is_bac
     topic = private_kafka.new_topic("ingress-outage", partitions=2)
     env = {"TILEPIPE_INGRESS_PRODUCE_TIMEOUT": "2s", "TILEPIPE_INGRESS_RETRY_AFTER": "3"}
     with IngressProcess(private_kafka.url(topic), secrets=ROTATION, env=env) as ingress:
-        assert send_events(ingress.url, [tile("before", 1)], secret=NEW).status == 202
+        assert (
+            send_events(ingress.url, [tile_event(event_id="before", x=1, y=Y)], secret=NEW).status
+            == 202
+        )
         private_kafka.stop()
-        down = [tile(f"down{i}", i) for i in range(5)]
+        down = [tile_event(event_id=f"down{i}", x=i, y=Y) for i in range(5)]
         r = send_events(ingress.url, down, secret=NEW, retries=0)
         assert (r.status, r.retry_after, r.count("unavailable")) == (503, 3, 5), r.body
         assert ingress.metric("tilepipe_ingress_requests_total", status="503") == 1
@@ -205,8 +213,8 @@ def test_a_hung_broker_loses_nothing_that_was_acknowledged(private_kafka) -> Non
     with IngressProcess(private_kafka.url(topic), secrets=ROTATION, env=env) as ingress:
 
         def send(prefix: str, retries: int) -> int:
-            r = send_events(ingress.url, [tile(f"{prefix}{i}", i) for i in range(10)],
-                            secret=NEW, retries=retries)  # fmt: skip
+            batch = [tile_event(event_id=f"{prefix}{i}", x=i, y=Y) for i in range(10)]
+            r = send_events(ingress.url, batch, secret=NEW, retries=retries)
             acked.update(x["event_id"] for x in r.body["results"] if x["status"] == 202)
             return r.status
 
@@ -235,23 +243,19 @@ def test_tls_when_running_bare(kafka, tmp_path) -> None:
     tls = ("--tls-certfile", str(tmp_path / "server.pem"),
            "--tls-keyfile", str(tmp_path / "server.pem"))  # fmt: skip
     with IngressProcess(kafka.url(topic), secrets=ROTATION, args=tls, scheme="https") as ingress:
-        r = send_events(ingress.url, [tile("tls", 1)], secret=NEW,
+        r = send_events(ingress.url, [tile_event(event_id="tls", x=1, y=Y)], secret=NEW,
                         cafile=str(tmp_path / "ca.pem"), retries=5)  # fmt: skip
         assert r.status == 202
         with pytest.raises(OSError):  # an unknown CA is refused
-            send_events(ingress.url, [tile("tls2", 1)], secret=NEW, retries=0)
+            send_events(ingress.url, [tile_event(event_id="tls2", x=1, y=Y)], secret=NEW, retries=0)
     assert ids_on(kafka, topic, 1) == ["tls"]
-
-
-def tilepipe(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> Any:
-    cmd = [sys.executable, "-m", "tilepipe", *args]
-    env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, env=env)
 
 
 def test_tilepipe_send_posts_a_file_in_signed_batches(kafka, tmp_path) -> None:
     topic = kafka.new_topic("ingress-send")
-    lines = [json.dumps(tile(f"s{i}", i)) for i in range(5)] + ['{"kind": "tile"}']
+    lines = [json.dumps(tile_event(event_id=f"s{i}", x=i, y=Y)) for i in range(5)] + [
+        '{"kind": "tile"}'
+    ]
     (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
     with IngressProcess(kafka.url(topic), secrets=ROTATION) as ingress:
         env = {"TILEPIPE_SEND_SECRET": f"k2027:{NEW.decode()}"}

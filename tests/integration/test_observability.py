@@ -33,8 +33,9 @@ import yaml
 from render.jobs import RenderJob
 from render.ledger import Ledger
 from render.queue import RenderQueue
-from tests.integration.test_dataflow import Job, key_of, tile_event
 from tests.support import observability as obs
+from tests.support.events import tile_record
+from tests.support.job import Job, key_of
 from tests.support.services import RedisSubscriber, free_port
 from tests.support.tileserver import TileServer
 
@@ -111,9 +112,16 @@ class Prometheus:
 def feed(now: int) -> list[bytes]:
     events = []
     for x in range(12):  # 12 tiles x 4 versions, a little out of order
-        events += [tile_event(f"o{x}-v{v}", v, x, now + v * 10) for v in (2, 1, 4, 3)]
+        events += [
+            tile_record(event_id=f"o{x}-v{v}", version=v, x=x, ts=now + v * 10)
+            for v in (2, 1, 4, 3)
+        ]
     events += [events[0], events[5]]  # duplicates
-    events += [b"{nope", b"[1]", tile_event("range", 1, x=9, ts=now, z=1)]  # dead letters
+    events += [
+        b"{nope",
+        b"[1]",
+        tile_record(event_id="range", version=1, x=9, ts=now, z=1),
+    ]  # dead letters
     return events
 
 
@@ -227,8 +235,9 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
             kafka.produce(topic, feed(now), key=key_of)
             sub.wait_for(12, timeout=60)
             time.sleep(1.5)  # behind every watermark now: one stale, one late and applied
-            kafka.produce(topic, [tile_event("old", 1, 0, now),
-                                  tile_event("o1-v9", 9, 1, now)], key=key_of)  # fmt: skip
+            late = [tile_record(event_id="old", version=1, x=0, ts=now),
+                    tile_record(event_id="o1-v9", version=9, x=1, ts=now)]  # fmt: skip
+            kafka.produce(topic, late, key=key_of)
             sub.wait_for(13, timeout=30)
             wait_for_ledger(postgres_dsn,
                             {"COMPLETED": len(RENDERED), "DEAD": 1, "DEGRADED": 1})  # fmt: skip

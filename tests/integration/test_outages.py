@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.test_dataflow import Job, counts, key_of, tile_event
+from tests.support.events import tile_record
+from tests.support.job import Job, counts, key_of
 from tests.support.services import KafkaBroker, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -60,7 +61,9 @@ def wait_until(predicate, timeout: float, what: str, job: Job) -> None:  # type:
 
 def versions(lo: int, hi: int, now: int) -> list[bytes]:
     return [
-        tile_event(f"t{x}-v{v}", v, x, now + v) for v in range(lo, hi + 1) for x in range(TILES)
+        tile_record(event_id=f"t{x}-v{v}", version=v, x=x, ts=now + v)
+        for v in range(lo, hi + 1)
+        for x in range(TILES)
     ]
 
 
@@ -200,8 +203,12 @@ def test_a_burst_on_hot_tiles_is_coalesced_and_the_lag_drains(kafka: KafkaBroker
     topic = kafka.new_topic("burst")
     now = int(time.time() * 1000)
     hot = 5
-    steady = [tile_event(f"s{i}", 1, 100 + i, now) for i in range(200)]
-    burst = [tile_event(f"b{v}-{x}", v, x, now + v) for v in range(1, 8001) for x in range(hot)]
+    steady = [tile_record(event_id=f"s{i}", version=1, x=100 + i, ts=now) for i in range(200)]
+    burst = [
+        tile_record(event_id=f"b{v}-{x}", version=v, x=x, ts=now + v)
+        for v in range(1, 8001)
+        for x in range(hot)
+    ]
     out = Path(f"/tmp/tilepipe-burst-{now}.jsonl")
     lag_labels = f'partition="0",topic="{topic}"'
     job = Job("--source", kafka.url(topic), "--sink", f"file:{out}", "--dlq", "file:/dev/null",

@@ -11,6 +11,7 @@ import redis
 
 from operators.coalesce import coalesce
 from sinks.redis import RedisBroadcaster, RedisTarget
+from tests.support.fakes import Letters
 from tests.support.services import RedisSubscriber
 from tilepipe.records import TileEvent
 from tilepipe.tiles import tile_key
@@ -84,16 +85,6 @@ def test_a_batch_is_one_round_trip_of_chunks(redis_url, redis_client, channel):
 
 
 # -- hostile updates, refusals and transient errors (review C1, L4, M5, L11) -----------
-
-
-class Letters:
-    """A DLQ partition that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.items: list = []
-
-    def write_batch(self, items: list) -> None:
-        self.items.extend(items)
 
 
 def test_an_update_redis_or_orjson_refuses_is_one_dead_letter(redis_url, redis_client, channel):

@@ -24,7 +24,8 @@ import pytest
 import redis
 
 from operators.cover import cover_range
-from tests.integration.test_dataflow import counts, run_to_end
+from tests.support.events import dumps, feature_event, tile_event
+from tests.support.job import counts, run_to_end
 from tests.support.services import free_port
 from tilepipe.geometry import from_geojson
 
@@ -89,12 +90,11 @@ def test_a_tile_and_a_feature_event_are_rendered_then_broadcast(
     tiles = tmp_path / "tiles"
     topic = kafka.new_topic("render")
     now = int(time.time() * 1000)
-    tile_event = {"event_id": "t-1", "kind": "tile", "version": 3, "source": "editor",
-                  "ts": now, "z": 12, "x": 2200, "y": 1343}  # fmt: skip
-    feature_event = {"event_id": "f-1", "kind": "feature", "version": 1, "source": "editor",
-                     "ts": now + 1, "feature_id": "park-9", "op": "upsert", "geometry": SQUARE,
-                     "minzoom": 14, "maxzoom": 15}  # fmt: skip
-    kafka.produce(topic, [json.dumps(e).encode() for e in (tile_event, feature_event)])
+    tile = tile_event(event_id="t-1", version=3, source="editor", ts=now, z=12, x=2200, y=1343)
+    feature = feature_event(event_id="f-1", version=1, source="editor", ts=now + 1,
+                            feature_id="park-9", geometry=SQUARE, minzoom=14,
+                            maxzoom=15)  # fmt: skip
+    kafka.produce(topic, [dumps(e) for e in (tile, feature)])
     cover = cover_range(from_geojson(SQUARE), 14, 15, 0.0, 10_000, 5.0)
     expected = {(12, 2200, 1343), *cover.tiles}
     assert 2 < len(expected) < 40

@@ -11,7 +11,7 @@ from operators.coalesce import coalesce
 from render.queue import RenderQueue
 from sinks.render_queue import RenderEnqueuer, RenderQueueTarget
 from sinks.retry import RetryPolicy
-from tests.integration.test_redis_sink import Letters
+from tests.support.fakes import Letters
 from tests.support.services import RedisServer
 from tilepipe.records import TileEvent, TileUpdate
 from tilepipe.tiles import tile_key

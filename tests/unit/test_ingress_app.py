@@ -7,9 +7,8 @@ to fail; tests/integration/test_ingress_live.py runs the same app on real Tansu.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,11 +16,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from ingress import metrics
-from ingress.app import EVENT_ID_HEADER, INGEST_HEADER, KEY_ID_HEADER, Ingress, create_app
+from ingress.app import EVENT_ID_HEADER, INGEST_HEADER, KEY_ID_HEADER, create_app
 from ingress.dedup import DedupWindow, IngestClock
 from ingress.intake import body_kind, split_records
-from ingress.producer import OutRecord
 from ingress.settings import IngressSettings, host_port
+from tests.support.events import NOW_MS, dumps, feature_event, tile_event
+from tests.support.fakes import SECRETS, FakeProducer, make_ingress
 from tilepipe.client import signed_headers
 from tilepipe.signing import (
     RECORD_METHOD,
@@ -35,45 +35,6 @@ from tilepipe.signing import (
 )
 from tilepipe.tiles import tile_key
 
-SECRETS = {"k2026": b"old-secret", "k2027": b"new-secret"}
-NOW_MS = int(time.time() * 1000)
-
-
-class FakeProducer:
-    """Acknowledges everything, or fails what ``fail`` says; keeps what it was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[OutRecord] = []
-        self.fail: str | None = None
-        self.delay = 0.0
-        self.alive = True
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
-
-    def warm_up(self, timeout_s: float) -> None:
-        pass
-
-    def close(self, timeout_s: float) -> int:
-        return 0
-
-    async def send(self, records: Sequence[OutRecord]) -> list[str | None]:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail:
-            return [self.fail] * len(records)
-        self.sent.extend(records)
-        return [None] * len(records)
-
-
-def event(event_id: str = "e1", x: int = 3, **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "kind": "tile", "version": 1, "source": "unit",
-            "ts": NOW_MS, "z": 12, "x": x, "y": 7, **extra}  # fmt: skip
-
-
-def dumps(doc: Any) -> bytes:
-    return json.dumps(doc).encode()
-
 
 def ndjson(*docs: Any) -> bytes:
     return b"".join((d if isinstance(d, bytes) else dumps(d)) + b"\n" for d in docs)
@@ -82,10 +43,6 @@ def ndjson(*docs: Any) -> bytes:
 @pytest.fixture
 def producer() -> FakeProducer:
     return FakeProducer()
-
-
-def make_ingress(producer: FakeProducer, **settings: Any) -> Ingress:
-    return Ingress(IngressSettings(sink="kafka://h:9092/raw", **settings), SECRETS, producer)
 
 
 @pytest.fixture
@@ -112,7 +69,7 @@ def post(
 
 
 def test_one_signed_event_is_produced_with_its_key_and_headers(client, producer) -> None:
-    body = dumps(event())
+    body = dumps(tile_event())
     r = post(client, body)
     assert r.status_code == 202, r.text
     assert r.json() == {"accepted": 1, "duplicate": 0, "rejected": 0, "unavailable": 0,
@@ -130,10 +87,16 @@ def test_one_signed_event_is_produced_with_its_key_and_headers(client, producer)
 
 
 def test_a_batch_accepts_the_good_records_and_reports_each(client, producer) -> None:
-    feature = {"event_id": "f1", "kind": "feature", "version": 2, "source": "osm", "ts": NOW_MS,
-               "feature_id": "way/7", "op": "upsert",
-               "geometry": {"type": "Point", "coordinates": [13.4, 52.5]}}  # fmt: skip
-    body = ndjson(event("a", 1), b"{nope", event("b", 2, z=1), feature, b"", b"[1]")
+    feature = feature_event(event_id="f1", version=2, source="osm", feature_id="way/7",
+                            geometry={"type": "Point", "coordinates": [13.4, 52.5]})  # fmt: skip
+    body = ndjson(
+        tile_event(event_id="a", x=1),
+        b"{nope",
+        tile_event(event_id="b", x=2, z=1),
+        feature,
+        b"",
+        b"[1]",
+    )
     r = post(client, body, "application/x-ndjson; charset=utf-8", secret=b"old-secret")
     assert r.status_code == 202, r.text
     doc = r.json()
@@ -154,8 +117,8 @@ def test_records_are_resigned_with_the_newest_key_so_retiring_a_key_strands_noth
     client, producer
 ) -> None:
     """M6: the request came with the retiring key k2026; the topic sees only k2027's."""
-    body = ndjson(event("a", 1), event("b", 2))
-    single = dumps(event("c", 3))
+    body = ndjson(tile_event(event_id="a", x=1), tile_event(event_id="b", x=2))
+    single = dumps(tile_event(event_id="c", x=3))
     assert post(client, body, "application/x-ndjson", secret=b"old-secret").status_code == 202
     assert post(client, single, secret=b"old-secret").status_code == 202
     assert len(producer.sent) == 3
@@ -168,7 +131,11 @@ def test_records_are_resigned_with_the_newest_key_so_retiring_a_key_strands_noth
 
 def test_ingest_time_is_shared_by_a_request_and_never_goes_back(client, producer) -> None:
     for i in range(5):
-        post(client, ndjson(event(f"a{i}"), event(f"b{i}")), "application/x-ndjson")
+        post(
+            client,
+            ndjson(tile_event(event_id=f"a{i}"), tile_event(event_id=f"b{i}")),
+            "application/x-ndjson",
+        )
     stamps = [rec.timestamp_ms for rec in producer.sent]
     assert stamps == sorted(stamps) and stamps[0] == stamps[1]
 
@@ -177,20 +144,27 @@ def test_ingest_time_is_shared_by_a_request_and_never_goes_back(client, producer
 
 
 def test_a_repeated_event_id_is_202_and_not_produced_again(client, producer) -> None:
-    assert post(client, dumps(event())).status_code == 202
-    again = post(client, dumps(event()))  # the same request, re-signed: a client retry
+    assert post(client, dumps(tile_event())).status_code == 202
+    again = post(client, dumps(tile_event()))  # the same request, re-signed: a client retry
     assert again.status_code == 202
     assert again.json()["results"][0]["result"] == "duplicate"
-    twice = post(client, ndjson(event("z"), event("z"), event()), "application/x-ndjson")
+    twice = post(
+        client,
+        ndjson(tile_event(event_id="z"), tile_event(event_id="z"), tile_event()),
+        "application/x-ndjson",
+    )
     assert [x["result"] for x in twice.json()["results"]] == ["accepted", "duplicate",
                                                               "duplicate"]  # fmt: skip
-    assert [r.value for r in producer.sent] == [dumps(event()), dumps(event("z"))]
+    assert [r.value for r in producer.sent] == [
+        dumps(tile_event()),
+        dumps(tile_event(event_id="z")),
+    ]
 
 
 def test_concurrent_requests_with_one_event_id_produce_it_once(producer) -> None:
     producer.delay = 0.05
     app = create_app(make_ingress(producer))
-    body = dumps(event("race"))
+    body = dumps(tile_event(event_id="race"))
 
     async def go() -> list[int]:
         transport = httpx.ASGITransport(app=app)
@@ -209,12 +183,12 @@ def test_other_producers_reusing_an_event_id_are_not_dropped_as_duplicates(
     client, producer
 ) -> None:
     """M4: the window is per (key, source, event id); it used to answer "202 duplicate"."""
-    first = event("shared-id", 1, source="A", z=3)
+    first = tile_event(event_id="shared-id", x=1, source="A", z=3)
     assert post(client, dumps(first), secret=b"old-secret").status_code == 202
-    other_key = event("shared-id", 2, source="B", z=5, version=9)
+    other_key = tile_event(event_id="shared-id", x=2, source="B", z=5, version=9)
     r = post(client, dumps(other_key), secret=b"new-secret")
     assert (r.status_code, r.json()["results"][0]["result"]) == (202, "accepted")
-    other_source = event("shared-id", 3, source="B", z=3)
+    other_source = tile_event(event_id="shared-id", x=3, source="B", z=3)
     r = post(client, dumps(other_source), secret=b"old-secret")
     assert (r.status_code, r.json()["results"][0]["result"]) == (202, "accepted")
     assert [r.value for r in producer.sent] == [dumps(first), dumps(other_key), dumps(other_source)]
@@ -224,23 +198,34 @@ def test_a_reused_event_id_with_other_content_is_409_not_a_silent_duplicate(
     client, producer
 ) -> None:
     """M4: same key, source and id but other bytes is a conflict, said out loud."""
-    assert post(client, dumps(event("e7", 1))).status_code == 202
-    r = post(client, dumps(event("e7", 2)))
+    assert post(client, dumps(tile_event(event_id="e7", x=1))).status_code == 202
+    r = post(client, dumps(tile_event(event_id="e7", x=2)))
     assert r.status_code == 409, r.text
     [result] = r.json()["results"]
     assert (result["result"], result["reason"]) == ("rejected", "event_id_conflict")
     # In a batch, only the conflicting record is refused; an exact repeat stays a duplicate.
-    r = post(client, ndjson(event("e7", 1), event("e7", 3), event("e8")), "application/x-ndjson")
+    r = post(
+        client,
+        ndjson(
+            tile_event(event_id="e7", x=1),
+            tile_event(event_id="e7", x=3),
+            tile_event(event_id="e8"),
+        ),
+        "application/x-ndjson",
+    )
     assert r.status_code == 202
     assert [(x["status"], x["result"]) for x in r.json()["results"]] == [
         (202, "duplicate"), (409, "rejected"), (202, "accepted")]  # fmt: skip
-    assert [rec.value for rec in producer.sent] == [dumps(event("e7", 1)), dumps(event("e8"))]
+    assert [rec.value for rec in producer.sent] == [
+        dumps(tile_event(event_id="e7", x=1)),
+        dumps(tile_event(event_id="e8")),
+    ]
 
 
 def test_concurrent_requests_with_one_id_and_other_content_are_409(producer) -> None:
     producer.delay = 0.05
     app = create_app(make_ingress(producer))
-    bodies = [dumps(event("race", 1)), dumps(event("race", 2))]
+    bodies = [dumps(tile_event(event_id="race", x=1)), dumps(tile_event(event_id="race", x=2))]
 
     async def go() -> list[int]:
         transport = httpx.ASGITransport(app=app)
@@ -260,12 +245,12 @@ def test_broker_failure_is_503_with_retry_after_and_the_id_is_not_remembered(
     client, producer
 ) -> None:
     producer.fail = "Local: Message timed out"
-    r = post(client, ndjson(event("a"), b"{nope"), "application/x-ndjson")
+    r = post(client, ndjson(tile_event(event_id="a"), b"{nope"), "application/x-ndjson")
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"
     assert [x["status"] for x in r.json()["results"]] == [503, 400]
     producer.fail = None
-    retry = post(client, ndjson(event("a"), b"{nope"), "application/x-ndjson")
+    retry = post(client, ndjson(tile_event(event_id="a"), b"{nope"), "application/x-ndjson")
     assert retry.status_code == 202
     assert retry.json()["results"][0]["result"] == "accepted"
     assert len(producer.sent) == 1
@@ -296,7 +281,7 @@ def test_unsigned_or_badly_signed_requests_are_401(client, producer, headers, re
     # "NOW" is the time the test runs, not when the module was collected: a long suite
     # would otherwise put the timestamp outside the window (expired, not bad).
     headers = {k: str(int(time.time())) if v == "NOW" else v for k, v in headers.items()}
-    r = post(client, dumps(event()), secret=None, **headers)
+    r = post(client, dumps(tile_event()), secret=None, **headers)
     assert r.status_code == 401
     assert r.json()["error"] == reason
     assert producer.sent == []
@@ -305,7 +290,7 @@ def test_unsigned_or_badly_signed_requests_are_401(client, producer, headers, re
 @pytest.mark.parametrize("ts", ["9" * 400, "9" * 13, "-5", "1e9", "0x10", " 17", ""], ids=repr)
 def test_any_timestamp_header_is_401_never_500_nor_a_traceback(client, caplog, ts) -> None:
     """L5: 400 digits used to pass int() and raise OverflowError: 500 and a traceback."""
-    r = post(client, dumps(event()), secret=None, x_tilepipe_signature="sha256=00",
+    r = post(client, dumps(tile_event()), secret=None, x_tilepipe_signature="sha256=00",
              x_tilepipe_timestamp=ts)  # fmt: skip
     assert r.status_code == 401, r.text
     assert r.json()["error"] in ("bad_timestamp", "missing_signature")
@@ -313,10 +298,10 @@ def test_any_timestamp_header_is_401_never_500_nor_a_traceback(client, caplog, t
 
 
 def test_a_retired_key_a_tampered_body_and_an_old_timestamp_are_401(client, producer) -> None:
-    body = dumps(event())
+    body = dumps(tile_event())
     assert post(client, body, secret=b"retired").json()["error"] == "bad_signature"
     tampered = {"content-type": "application/json", **signed_headers(b"new-secret", body)}
-    r = client.post("/v1/events", content=dumps(event(x=4)), headers=tampered)
+    r = client.post("/v1/events", content=dumps(tile_event(x=4)), headers=tampered)
     assert (r.status_code, r.json()["error"]) == (401, "bad_signature")
     for skew in (-301, 301):
         stale = signed_headers(b"new-secret", body, int(time.time()) + skew)
@@ -329,13 +314,13 @@ def test_a_retired_key_a_tampered_body_and_an_old_timestamp_are_401(client, prod
     "ctype", ["text/plain", "application/xml", "", "application/json; charset=latin-1"]
 )
 def test_other_content_types_are_415(client, producer, ctype) -> None:
-    r = post(client, dumps(event()), ctype)
+    r = post(client, dumps(tile_event()), ctype)
     assert (r.status_code, r.json()["error"]) == (415, "unsupported_media_type")
     assert producer.sent == []
 
 
 def test_too_large_is_413_by_declared_length_or_by_what_arrives(client, producer) -> None:
-    big = ndjson(*(event(f"e{i}") for i in range(40)))
+    big = ndjson(*(tile_event(event_id=f"e{i}") for i in range(40)))
     assert len(big) > 4096
     r = post(client, big, "application/x-ndjson")
     assert (r.status_code, r.json()["error"]) == (413, "too_large")
@@ -351,13 +336,17 @@ def test_too_large_is_413_by_declared_length_or_by_what_arrives(client, producer
 
 def test_one_record_over_the_record_limit_is_413(producer) -> None:
     with TestClient(create_app(make_ingress(producer, max_record_bytes=200))) as c:
-        r = post(c, dumps(event(layers=["x" * 100, "y" * 100])))
+        r = post(c, dumps(tile_event(layers=["x" * 100, "y" * 100])))
     assert (r.status_code, r.json()["error"]) == (413, "too_large")
 
 
 def test_too_many_records_is_413(producer) -> None:
     with TestClient(create_app(make_ingress(producer, max_batch_records=2))) as c:
-        r = post(c, ndjson(event("a"), event("b"), event("c")), "application/x-ndjson")
+        r = post(
+            c,
+            ndjson(tile_event(event_id="a"), tile_event(event_id="b"), tile_event(event_id="c")),
+            "application/x-ndjson",
+        )
     assert (r.status_code, r.json()["error"]) == (413, "too_many_records")
     assert producer.sent == []
 
@@ -371,11 +360,11 @@ def test_malformed_is_400_and_invalid_is_422_with_every_field_error(client, prod
     assert result["reason"] == "missing_field"
     fields = {e["field"] for e in result["errors"]}
     assert {"version", "source", "ts", "x", "y"} <= fields
-    r = post(client, dumps(event(ts=NOW_MS + 3_600_000)))
+    r = post(client, dumps(tile_event(ts=NOW_MS + 3_600_000)))
     assert (r.status_code, r.json()["error"]) == (422, "future_event")
     r = post(client, ndjson(b"{nope", b"[]"), "application/x-ndjson")
     assert (r.status_code, r.json()["error"]) == (400, "invalid_records")
-    r = post(client, ndjson(b"{nope", event(z=1)), "application/x-ndjson")
+    r = post(client, ndjson(b"{nope", tile_event(z=1)), "application/x-ndjson")
     assert (r.status_code, r.json()["rejected"]) == (422, 2)
     r = post(client, b"\n \n", "application/x-ndjson")
     assert (r.status_code, r.json()["error"]) == (400, "empty_body")
@@ -397,8 +386,8 @@ def test_every_rejection_is_counted(client) -> None:
         )
 
     before = {r: count(r) for r in ("bad_signature", "unsupported_media_type", "invalid_json")}
-    post(client, dumps(event()), secret=b"nope")
-    post(client, dumps(event()), "text/csv")
+    post(client, dumps(tile_event()), secret=b"nope")
+    post(client, dumps(tile_event()), "text/csv")
     post(client, ndjson(b"{", b"{"), "application/x-ndjson")
     assert count("bad_signature") == before["bad_signature"] + 1
     assert count("unsupported_media_type") == before["unsupported_media_type"] + 1
@@ -411,7 +400,7 @@ def test_every_rejection_is_counted(client) -> None:
 def test_health_ready_and_metrics(client, producer) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
-    post(client, dumps(event()))
+    post(client, dumps(tile_event()))
     text = client.get("/metrics").text
     for name in ("tilepipe_ingress_requests_total{status=\"202\"}",
                  "tilepipe_ingress_produce_latency_seconds_bucket",

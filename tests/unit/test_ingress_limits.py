@@ -4,7 +4,7 @@ The ingress app runs under uvicorn with the configuration ``tilepipe ingress``
 uses (:func:`ingress.server.uvicorn_config`), on a loopback socket, and the
 clients are raw sockets that send a request's head and then trickle its body,
 as the review's reproduction did (M1). The producer is the stand-in of
-test_ingress_app: nothing here reaches the broker.
+tests/support/fakes.py: nothing here reaches the broker.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import uvicorn
 from ingress.app import Ingress
 from ingress.server import _bind, uvicorn_config
 from ingress.settings import IngressSettings
+from tests.support.events import dumps, tile_event
+from tests.support.fakes import SECRETS, FakeProducer
 from tests.support.services import free_port
-from tests.unit.test_ingress_app import SECRETS, FakeProducer, dumps, event
 from tilepipe.client import post
 
 # How long a test waits for an answer before calling the server stuck. Generous: it is a
@@ -142,7 +143,9 @@ def test_unverified_bodies_together_cannot_hold_more_than_the_budget(live) -> No
         a.close()
     assert live.ingress.unverified_bytes == 0
     # A signed request that arrives whole is served as usual.
-    r = post(live.url, dumps(event("after")), "application/json", secret=SECRETS["k2027"])
+    r = post(
+        live.url, dumps(tile_event(event_id="after")), "application/json", secret=SECRETS["k2027"]
+    )
     assert r.status == 202, r.body
 
 
@@ -156,7 +159,12 @@ def test_connections_are_capped_by_default_and_beyond_the_cap_answered_503() -> 
             while live.ingress.unverified_bytes < 10:  # the held request is being served
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-            r = post(live.url, dumps(event("e2")), "application/json", secret=SECRETS["k2027"])
+            r = post(
+                live.url,
+                dumps(tile_event(event_id="e2")),
+                "application/json",
+                secret=SECRETS["k2027"],
+            )
             assert r.status == 503
         finally:
             hold.close()
