@@ -269,7 +269,7 @@ class Bench:
 
 def _sample_message() -> dict[str, Any]:
     """A typical ``tile_updated``, for the publish ceilings."""
-    from sinks.messages import tile_updated
+    from tilepipe.messages import tile_updated
     from tilepipe.records import TileUpdate
 
     now = int(time.time() * 1000)

@@ -1,4 +1,4 @@
-"""All of tilepipe's settings, in one object built once and passed down.
+"""The dataflow's settings, in one object built once and passed down.
 
 Every field can be set as a ``TILEPIPE_<NAME>`` environment variable (or in a
 ``.env`` file); ``tilepipe run`` flags override them. Durations accept
@@ -14,39 +14,29 @@ Every field can be set as a ``TILEPIPE_<NAME>`` environment variable (or in a
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from tilepipe.signing import check_strength, parse_secrets
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: object) -> object:
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError(f"{value!r} is not a duration (examples: 250ms, 2s, 5m, 1h)")
-        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    return value
+from tilepipe.config import (
+    Duration,
+    RecordLimits,
+    redis_uri,
+    require_scheme,
+    secrets_from,
+    strong_secrets,
+)
+from tilepipe.store import DEFAULT_PREFIX, PUBLISH_MODES
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+class Settings(RecordLimits):
+    """The dataflow's settings: ``TILEPIPE_<NAME>``; the record limits, HMAC keys, log
+    level and Kafka client settings come from :class:`~tilepipe.config.RecordLimits`."""
 
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TILEPIPE_", env_file=".env", extra="ignore", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix="TILEPIPE_")
 
     # Connectors
     source: str = "generator:"
@@ -59,8 +49,6 @@ class Settings(BaseSettings):
     kafka_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
     kafka_lag_interval: Duration = timedelta(seconds=5)
     """How often each partition's log-end offset is asked of the broker for the lag gauge."""
-    kafka_config: dict[str, str] = {}
-    """Extra librdkafka settings for every Kafka client, as JSON (SASL, SSL, ...)."""
 
     # Execution
     workers: Annotated[int, Field(ge=1, le=256)] = 1
@@ -86,14 +74,11 @@ class Settings(BaseSettings):
     ``per_pod``: each pod has its own volume and process 0's holds every partition."""
     snapshot_interval: Duration = timedelta(seconds=5)
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
-    log_level: str = "INFO"
+    progress_interval: Duration = timedelta(seconds=10)
+    """How often a progress line (rates, lag, tiles tracked) is logged."""
 
     # Validation
-    max_record_bytes: Annotated[int, Field(ge=64)] = 1 << 20
-    max_future: Duration = timedelta(minutes=5)
     dlq_raw_limit: Annotated[int, Field(ge=64)] = 64 * 1024
-    hmac_secrets: SecretStr | None = None
-    """``keyid:secret[,keyid:secret]``: when set, records must carry a valid signature."""
     hmac_verify_secrets: SecretStr | None = None
     """Retired keys records on the topic may still be signed with (``keyid:secret,…``):
     accepted when verifying, never used to sign. Keep one for the topic's retention plus
@@ -109,17 +94,12 @@ class Settings(BaseSettings):
     feature_minzoom: Annotated[int, Field(ge=0, le=30)] = 0
     """Zoom range for features that do not say theirs."""
     feature_maxzoom: Annotated[int, Field(ge=0, le=30)] = 14
-    max_zoom: Annotated[int, Field(ge=0, le=30)] = 20
-    """The deepest zoom an event may ask for."""
     max_tiles_per_event: Annotated[int, Field(ge=1)] = 10_000
     """Tile budget of one event; beyond it the cover falls back to a coarser zoom."""
     cover_deadline: Duration = timedelta(milliseconds=250)
     """Time budget of one exact cover; beyond it the bounding box is used."""
     diff_expire: bool = True
     """With previous_geometry, dirty only where old and new differ."""
-    geometry_repair: bool = True
-    """Repair invalid geometries with make_valid (else dead-letter them)."""
-    max_vertices: Annotated[int, Field(ge=1)] = 100_000
     h3_resolution: Annotated[int, Field(ge=0, le=15)] = 9
     telemetry_zooms: Annotated[list[int], NoDecode] = [10, 12, 14]
     """Zooms whose tiles a reading dirties: ``10,12,14``."""
@@ -132,14 +112,14 @@ class Settings(BaseSettings):
     max_objects_per_tile: Annotated[int, Field(ge=1)] = 256
 
     # Broadcast
-    redis_prefix: str = "tilepipe"
+    redis_prefix: str = DEFAULT_PREFIX
     publish_mode: Literal["publish", "spublish"] = "publish"
     tile_ttl: Duration | None = None
     """Expire a stored tile (its versions and catch-up ``msg``) this long after its last
     publish, for tiles at ``tile_ttl_minzoom`` and deeper; unset: tiles never expire."""
     tile_ttl_minzoom: Annotated[int, Field(ge=0, le=30)] = 15
 
-    # Rendering (issue 8)
+    # Rendering
     render_queue: str | None = None
     """``redis[s]://HOST:PORT/DB[?prefix=NAME]``: enqueue each update as a render job there
     instead of broadcasting it; ``tilepipe render-worker`` broadcasts after the commit."""
@@ -166,13 +146,13 @@ class Settings(BaseSettings):
     @field_validator("source")
     @classmethod
     def _check_source(cls, v: str) -> str:
-        _require_scheme("source", v, ("file", "kafka", "generator"))
+        require_scheme("source", v, ("file", "kafka", "generator"))
         return v
 
     @field_validator("sink")
     @classmethod
     def _check_sink(cls, v: str) -> str:
-        _require_scheme("sink", v, ("file", "redis", "rediss"))
+        require_scheme("sink", v, ("file", "redis", "rediss"))
         if not v.startswith("file:"):
             _check_mode(v)
         return v
@@ -183,24 +163,19 @@ class Settings(BaseSettings):
         if v is not None and v.strip() == "":
             return None
         if v is not None:
-            _require_scheme("render_queue", v, ("redis", "rediss"))
+            require_scheme("render_queue", v, ("redis", "rediss"))
         return v
 
     @field_validator("dlq")
     @classmethod
     def _check_dlq(cls, v: str) -> str:
-        _require_scheme("dlq", v, ("file", "kafka"))
+        require_scheme("dlq", v, ("file", "kafka"))
         return v
 
-    @field_validator("hmac_secrets", "hmac_verify_secrets")
+    @field_validator("hmac_verify_secrets")
     @classmethod
-    def _check_secrets(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if v is not None:
-            # A mistake, a placeholder or a short key stops the job before it starts.
-            check_strength(
-                parse_secrets(v.get_secret_value()), f"TILEPIPE_{info.field_name}".upper()
-            )
-        return v
+    def _check_verify_secrets(cls, v: SecretStr | None) -> SecretStr | None:
+        return strong_secrets(v, "TILEPIPE_HMAC_VERIFY_SECRETS")
 
     @field_validator("require_signatures")
     @classmethod
@@ -225,54 +200,10 @@ class Settings(BaseSettings):
         return {**retired, **active}
 
 
-def secrets_from(value: SecretStr | None) -> dict[str, bytes] | None:
-    """``TILEPIPE_HMAC_SECRETS`` as secrets by key id; ``None`` when unset or blank."""
-    if value is None or not value.get_secret_value().strip():
-        return None
-    return parse_secrets(value.get_secret_value())
-
-
-def _require_scheme(name: str, uri: str, allowed: tuple[str, ...]) -> None:
-    scheme = uri.split(":", 1)[0] if ":" in uri else ""
-    if scheme not in allowed:
-        raise ValueError(
-            f"{name} {uri!r}: unknown scheme {scheme!r}; use one of "
-            + ", ".join(f"{s}:" for s in allowed)
-        )
-
-
 def _check_mode(uri: str) -> None:
     mode = redis_uri(uri)[1].get("mode")
-    if mode is not None and mode not in ("publish", "spublish"):
+    if mode is not None and mode not in PUBLISH_MODES:
         raise ValueError(
             f"sink ?mode={mode[:32]!r} is not publish or spublish (the Redis command each"
             " update is broadcast with); fix the sink URL"
         )
-
-
-def kafka_uri(uri: str) -> tuple[list[str], str]:
-    """``kafka://h1:p1,h2:p2/topic`` → (brokers, topic)."""
-    parts = urlsplit(uri)
-    topic = parts.path.lstrip("/")
-    if not parts.netloc or not topic or "/" in topic:
-        raise ValueError(f"{uri!r}: expected kafka://HOST:PORT[,HOST:PORT]/TOPIC")
-    return parts.netloc.split(","), topic
-
-
-def redis_uri(uri: str) -> tuple[str, dict[str, str]]:
-    """``redis://host:port/db?channel=x`` → (connection URL without our options, options)."""
-    parts = urlsplit(uri)
-    ours = {"channel", "prefix", "mode"}
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    options = {k: v for k, v in query.items() if k in ours}
-    rest = "&".join(f"{k}={v}" for k, v in query.items() if k not in ours)
-    url = parts._replace(query=rest).geturl()
-    return url, options
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its user and password, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc).geturl()

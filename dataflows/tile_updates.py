@@ -1,6 +1,6 @@
-"""The tile-update dataflow, wired top to bottom as ARCHITECTURE.md lists it.
+"""The tile-update dataflow, wired top to bottom in the order of docs/ARCHITECTURE.md's stages.
 
-``python -m bytewax.run dataflows.tile_updates:flow`` runs it from the
+``python -m bytewax.run "dataflows.tile_updates:flow()"`` runs it from the
 ``TILEPIPE_*`` environment; ``tilepipe run`` builds the same flow from flags.
 All logic lives in ``operators/``, ``sources/`` and ``sinks/``.
 """
@@ -12,20 +12,21 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink
 
-from dataflows.settings import Settings, kafka_uri, redis_uri
+from dataflows.settings import Settings
 from operators.apply import order_and_apply
 from operators.enrich import EnrichConfig, enrich
 from operators.tile_state import OrderConfig
 from operators.validate import ValidationConfig, validate
 from sinks.file import FileDeadLetterSink, FileUpdatesSink
 from sinks.kafka import KafkaDeadLetterSink
-from sinks.redis import RedisBroadcastSink, RedisTarget
+from sinks.redis import RedisBroadcastSink
 from sinks.render_queue import RenderQueueSink, RenderQueueTarget
 from sources.file import JsonlFileSource
 from sources.generator import GeneratorSource, GeneratorSpec
 from sources.kafka import KafkaTopicSource
+from tilepipe.config import kafka_uri, redis_uri
 from tilepipe.records import DeadLetter, RawRecord, TileUpdate
-from tilepipe.wire import GeometryRules
+from tilepipe.store import RedisTarget
 
 
 def build_flow(
@@ -56,12 +57,10 @@ def build_flow(
 def validation_config(s: Settings) -> ValidationConfig:
     return ValidationConfig(
         max_record_bytes=s.max_record_bytes,
-        max_future_ms=int(s.max_future.total_seconds() * 1000),
+        max_future_ms=s.max_future_ms,
         hmac_secrets=s.secrets_by_key(),
         signature_max_age_ms=int(s.signature_max_age.total_seconds() * 1000),
-        geometry=GeometryRules(
-            max_vertices=s.max_vertices, repair=s.geometry_repair, max_zoom=s.max_zoom
-        ),
+        geometry=s.geometry_rules(),
     )
 
 
@@ -110,13 +109,11 @@ def make_sink(s: Settings) -> Sink[TileUpdate]:
     scheme, _, rest = s.sink.partition(":")
     if scheme == "file":
         return FileUpdatesSink(rest, make_dlq(s))
-    url, options = redis_uri(s.sink)
     ttl = s.tile_ttl
-    target = RedisTarget(
-        url,
-        channel=options.get("channel", RedisTarget.channel),
-        prefix=options.get("prefix", s.redis_prefix),
-        mode=options.get("mode", s.publish_mode),  # type: ignore[arg-type]
+    target = RedisTarget.from_uri(
+        s.sink,
+        prefix=s.redis_prefix,
+        mode=s.publish_mode,
         tile_ttl_s=0 if ttl is None else max(1, int(ttl.total_seconds())),
         ttl_minzoom=s.tile_ttl_minzoom,
     )
@@ -145,4 +142,7 @@ def make_dlq(s: Settings) -> DynamicSink[DeadLetter]:
     return KafkaDeadLetterSink(brokers, topic, s.dlq_raw_limit, s.kafka_config)
 
 
-flow = build_flow(Settings())
+def flow() -> Dataflow:
+    """The flow from the ``TILEPIPE_*`` environment, for Bytewax's own runner:
+    ``python -m bytewax.run "dataflows.tile_updates:flow()"``."""
+    return build_flow(Settings())

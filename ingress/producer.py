@@ -33,9 +33,10 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from tilepipe.connect import kafka_config
+
 log = logging.getLogger("tilepipe.ingress.producer")
 # librdkafka logs through Python logging (JSON lines), not straight to stderr.
-KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
 
 
 def _settle_all(batch: list[tuple[asyncio.Future[str | None], str | None]]) -> None:
@@ -67,19 +68,20 @@ class AsyncProducer:
     ) -> None:
         self.topic = topic
         self.produce_timeout_s = produce_timeout_s
-        self._config: dict[str, Any] = {
-            "bootstrap.servers": ",".join(brokers),
-            "acks": "all",
-            "enable.idempotence": "true",
-            "linger.ms": str(linger_ms),
-            "message.timeout.ms": str(max(1, int(produce_timeout_s * 1000))),
-            # Fail fast while the broker is away instead of piling up records.
-            "queue.buffering.max.messages": "200000",
-            "reconnect.backoff.max.ms": "1000",
-            **(extra_config or {}),
-            "logger": KAFKA_LOGGER,
-            "error_cb": self._on_error,
-        }
+        self._config = kafka_config(
+            brokers,
+            extra_config,
+            {
+                "acks": "all",
+                "enable.idempotence": "true",
+                "linger.ms": str(linger_ms),
+                "message.timeout.ms": str(max(1, int(produce_timeout_s * 1000))),
+                # Fail fast while the broker is away instead of piling up records.
+                "queue.buffering.max.messages": "200000",
+                "reconnect.backoff.max.ms": "1000",
+            },
+            error_cb=self._on_error,
+        )
         self._producer = Producer(self._config)
         self._healthy_at = time.monotonic()  # creation, or the last acknowledgement
         self._replace_because: str | None = None

@@ -19,49 +19,48 @@ from typing import Any
 
 import uvicorn
 
-from dataflows.settings import kafka_uri, redact_url
 from ingress.app import Ingress, create_app
 from ingress.producer import AsyncProducer
 from ingress.settings import IngressSettings, host_port
-from tilepipe.cli import UserError
+from tilepipe.config import kafka_uri, redact_url, settings_from_flags
+from tilepipe.connect import check_kafka
+from tilepipe.errors import ConfigError
 from tilepipe.signing import check_strength
 
 log = logging.getLogger("tilepipe.ingress")
 
 
 def prepare(settings: IngressSettings) -> tuple[Ingress, list[socket.socket]]:
-    """Check the configuration and the broker, bind the port; raises :class:`UserError`."""
+    """Check the configuration and the broker, bind the port; raises :class:`ConfigError`."""
     if settings.sink is None:
-        raise UserError(
+        raise ConfigError(
             "no sink: pass --sink kafka://HOST:PORT/TOPIC (or set TILEPIPE_INGRESS_SINK)"
         )
     try:
         secrets = settings.secrets_by_key()
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise ConfigError(str(e)) from None
     if not secrets:
-        raise UserError(
+        raise ConfigError(
             "no HMAC secret: set TILEPIPE_HMAC_SECRETS=keyid:secret[,keyid:secret]"
             " (or TILEPIPE_HMAC_SECRETS_FILE=PATH); the ingress accepts signed requests only"
         )
     try:
         check_strength(secrets)
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise ConfigError(str(e)) from None
     for name in ("tls_certfile", "tls_keyfile", "tls_client_ca"):
         path = getattr(settings, name)
         if path is not None and not path.is_file():
-            raise UserError(f"{name} {str(path)!r} is not a readable file")
+            raise ConfigError(f"{name} {str(path)!r} is not a readable file")
     brokers, topic = kafka_uri(settings.sink)
-    from tilepipe.runner import _check_kafka
-
-    _check_kafka("sink", brokers, topic, settings.kafka_config)
+    check_kafka("sink", brokers, topic, settings.kafka_config)
     sock = _bind(settings.listen)
     socks = [sock]
     if settings.metrics_listen is not None:
         try:
             socks.append(_bind(settings.metrics_listen))
-        except UserError:
+        except ConfigError:
             sock.close()
             raise
     producer = AsyncProducer(
@@ -88,7 +87,7 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, list[socket.socket]]:
         except Exception as e:
             for s in socks:
                 s.close()
-            raise UserError(
+            raise ConfigError(
                 f"job API: the render ledger or queue does not answer: {str(e).splitlines()[0]}"
             ) from None
     return Ingress(settings, secrets, producer, jobs), socks
@@ -103,7 +102,7 @@ def _bind(listen: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise UserError(
+        raise ConfigError(
             f"cannot listen on {listen}: {e.strerror}; pick another --listen address"
         ) from None
     sock.set_inheritable(True)
@@ -163,30 +162,14 @@ def serve(settings: IngressSettings) -> int:
     try:
         server.run(sockets=socks)
     except ssl.SSLError as e:
-        raise UserError(f"TLS setup failed: {e}; check tls_certfile and tls_keyfile") from None
+        raise ConfigError(f"TLS setup failed: {e}; check tls_certfile and tls_keyfile") from None
     return 0 if server.started else 1
-
-
-_FLAGS = ("listen", "sink", "tls_certfile", "tls_keyfile", "tls_client_ca", "log_level")
 
 
 def ingress_command(args: Any) -> int:
     """``tilepipe ingress``: flags over ``TILEPIPE_*`` variables over defaults."""
-    from pydantic import ValidationError
-
     from tilepipe.logs import setup_logging
 
-    overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
-    try:
-        settings = IngressSettings(**overrides)
-    except ValidationError as e:
-        first = e.errors(include_url=False)[0]  # its message only: the input may be a secret
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        env = where.upper() if where.upper().startswith("TILEPIPE_") else None
-        hint = f"TILEPIPE_INGRESS_{where.upper()}" if env is None else env
-        if where in _FLAGS:
-            hint = f"--{where.replace('_', '-')} or {hint}"
-        raise UserError(f"invalid setting {where}: {msg} ({hint})") from None
+    settings = settings_from_flags(IngressSettings, args)
     setup_logging(settings.log_level)
     return serve(settings)

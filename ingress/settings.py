@@ -15,39 +15,28 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from dataflows.settings import Duration, kafka_uri, secrets_from
+from tilepipe.config import Duration, RecordLimits, kafka_uri, secrets_from
 from tilepipe.signing import parse_secrets
-from tilepipe.wire import GeometryRules
+from tilepipe.store import DEFAULT_PREFIX
 
 
-def _shared(name: str) -> str:
-    """A setting the ingress shares with the dataflow: same variable for both.
+class IngressSettings(RecordLimits):
+    """``TILEPIPE_INGRESS_<NAME>``; the record limits, HMAC keys, log level and Kafka client
+    settings are the dataflow's, from :class:`~tilepipe.config.RecordLimits`."""
 
-    (``populate_by_name`` keeps the field name usable as a keyword argument.)
-    """
-    return f"TILEPIPE_{name.upper()}"
-
-
-class IngressSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TILEPIPE_INGRESS_",
-        env_file=".env",
-        extra="ignore",
-        validate_default=True,
-        populate_by_name=True,
-    )
+    model_config = SettingsConfigDict(env_prefix="TILEPIPE_INGRESS_")
 
     listen: str = "127.0.0.1:8080"
     """``HOST:PORT`` to serve HTTP on (``0.0.0.0:8080`` in a container, ``[::]:8080`` for IPv6)."""
     sink: str | None = None
     """``kafka://HOST:PORT[,HOST:PORT]/TOPIC``: the raw topic the dataflow reads."""
 
-    # Authentication
-    hmac_secrets: SecretStr | None = Field(None, validation_alias=_shared("hmac_secrets"))
-    """``keyid:secret[,keyid:secret]``: the active secrets; a signature made with any is valid."""
-    hmac_secrets_file: Path | None = Field(None, validation_alias=_shared("hmac_secrets_file"))
+    # Authentication (the keys themselves: TILEPIPE_HMAC_SECRETS)
+    hmac_secrets_file: Path | None = Field(
+        default=None, validation_alias="TILEPIPE_HMAC_SECRETS_FILE"
+    )
     """A file holding the same (commas or one per line), e.g. a mounted Kubernetes Secret."""
     signature_tolerance: Duration = timedelta(minutes=5)
     """How far ``X-Tilepipe-Timestamp`` may be from this server's clock (replay window)."""
@@ -55,15 +44,6 @@ class IngressSettings(BaseSettings):
     # Limits and validation (the same checks as the dataflow's)
     max_request_bytes: Annotated[int, Field(ge=1024)] = 8 << 20
     max_batch_records: Annotated[int, Field(ge=1)] = 10_000
-    max_record_bytes: Annotated[int, Field(ge=64)] = Field(
-        1 << 20, validation_alias=_shared("max_record_bytes")
-    )
-    max_future: Duration = Field(timedelta(minutes=5), validation_alias=_shared("max_future"))
-    max_vertices: Annotated[int, Field(ge=1)] = Field(
-        100_000, validation_alias=_shared("max_vertices")
-    )
-    geometry_repair: bool = Field(True, validation_alias=_shared("geometry_repair"))
-    max_zoom: Annotated[int, Field(ge=0, le=30)] = Field(20, validation_alias=_shared("max_zoom"))
 
     # Idempotency
     dedup_window: Duration = timedelta(minutes=10)
@@ -72,7 +52,6 @@ class IngressSettings(BaseSettings):
     """Bound on remembered ids (about 150 bytes each); the oldest go first when full."""
 
     # Kafka
-    kafka_config: dict[str, str] = Field({}, validation_alias=_shared("kafka_config"))
     produce_timeout: Duration = timedelta(seconds=5)
     """How long a request waits for the broker's acknowledgement before answering 503."""
     linger: Duration = timedelta(milliseconds=2)
@@ -80,12 +59,14 @@ class IngressSettings(BaseSettings):
     retry_after: Annotated[int, Field(ge=1, le=3600)] = 5
     """Seconds in ``Retry-After`` when the broker is unavailable."""
 
-    # The job API (issue 8): on when the render ledger is set
-    render_ledger: SecretStr | None = Field(None, validation_alias=_shared("render_ledger"))
+    # The job API: on when the render ledger is set; the render workers' own variables
+    render_ledger: SecretStr | None = Field(default=None, validation_alias="TILEPIPE_RENDER_LEDGER")
     """PostgreSQL DSN of the render job ledger; enables ``/v1/jobs``."""
-    render_redis: str = Field("redis://127.0.0.1:6379/0", validation_alias=_shared("render_redis"))
+    render_redis: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias="TILEPIPE_RENDER_REDIS"
+    )
     """The render queue's Redis (the render workers' ``TILEPIPE_RENDER_REDIS``)."""
-    render_prefix: str = Field("tilepipe", validation_alias=_shared("render_prefix"))
+    render_prefix: str = Field(default=DEFAULT_PREFIX, validation_alias="TILEPIPE_RENDER_PREFIX")
     jobs_max_tiles: Annotated[int, Field(ge=1)] = 100_000
     """Tile budget of one region job; over it the cover falls back to a coarser zoom."""
 
@@ -112,7 +93,6 @@ class IngressSettings(BaseSettings):
     a NetworkPolicy can admit Prometheus to the metrics and producers to the API apart."""
     shutdown_grace: Duration = timedelta(seconds=20)
     """On SIGTERM, how long in-flight requests get to finish (keep below the pod's grace)."""
-    log_level: str = Field("INFO", validation_alias=_shared("log_level"))
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -128,13 +108,6 @@ class IngressSettings(BaseSettings):
             if not v.startswith("kafka://"):
                 raise ValueError(f"{v!r}: the ingress writes to Kafka: kafka://HOST:PORT/TOPIC")
             kafka_uri(v)
-        return v
-
-    @field_validator("hmac_secrets")
-    @classmethod
-    def _check_secrets(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None:
-            parse_secrets(v.get_secret_value())
         return v
 
     @model_validator(mode="after")
@@ -158,9 +131,6 @@ class IngressSettings(BaseSettings):
                     raise ValueError(f"HMAC key id {kid!r} has two different secrets")
                 out[kid] = secret
         return out
-
-    def geometry_rules(self) -> GeometryRules:
-        return GeometryRules(self.max_vertices, self.geometry_repair, self.max_zoom)
 
 
 def host_port(listen: str) -> tuple[str, int]:

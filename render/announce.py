@@ -2,7 +2,7 @@
 
 A job from the dataflow carries its trigger's ``tile_updated`` and the order
 keys of the objects it applied; :class:`CommitAnnouncer` publishes them through
-the Redis sink's forward-only compare-and-set script once the tile is in the
+the tile store's forward-only compare-and-set (:mod:`tilepipe.store`) once the tile is in the
 store (``on_committed``), so a client never refetches before the new tile is
 there, and a version is never announced twice or backwards. A region job's
 tile has no new version: it is announced with a plain ``PUBLISH`` of a
@@ -17,7 +17,7 @@ import orjson
 
 from render import metrics
 from render.jobs import RenderJob
-from sinks.redis import RedisBroadcaster, RedisTarget
+from tilepipe.store import RedisTarget, TileStore
 from tilepipe.tiles import tile_bounds_lonlat
 from tilepipe.timeutil import format_rfc3339_ms, now_ms
 
@@ -27,7 +27,7 @@ class CommitAnnouncer:
 
     def __init__(self, target: RedisTarget) -> None:
         self.target = target
-        self.broadcaster = RedisBroadcaster(target)
+        self.broadcaster = TileStore(target)
 
     def __call__(self, job: RenderJob, result: str) -> None:
         if job.broadcast is not None:

@@ -120,7 +120,7 @@ class RenderJob:
     @classmethod
     def from_update(cls, u: TileUpdate, now_ms: int = 0) -> RenderJob:
         """The job for a trigger, carrying the ``tile_updated`` to broadcast after the commit."""
-        from sinks.messages import tile_updated
+        from tilepipe.messages import tile_updated
 
         payload = orjson.dumps({"objects": [list(o) for o in u.objects], "msg": tile_updated(u)})
         return cls(u.tms, u.z, u.x, u.y, u.version, u.hash, enqueued_ms=now_ms, broadcast=payload)

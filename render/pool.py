@@ -8,6 +8,9 @@ breaker (a failing renderer is the process's problem, not one thread's).
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +18,6 @@ from http.server import ThreadingHTTPServer
 
 import redis
 
-from dataflows.settings import redis_uri
 from render import metrics
 from render.announce import CommitAnnouncer
 from render.jobs import RenderJob
@@ -33,16 +35,13 @@ from render.worker import (
     WorkerConfig,
     default_name,
 )
-from sinks.redis import RedisTarget
+from tilepipe.errors import ConfigError, TilepipeError
+from tilepipe.store import RedisTarget
 
 log = logging.getLogger(__name__)
 
 
-class RenderConfigError(Exception):
-    """A setting or service the user must fix before workers can start."""
-
-
-class WorkerDied(RuntimeError):
+class WorkerDied(TilepipeError):
     """A worker thread ended on an error it could not handle; the process should restart."""
 
 
@@ -57,7 +56,7 @@ class RenderPool:
         self._metrics_server: ThreadingHTTPServer | None = None
         self.name = settings.worker_name or default_name()
         if settings.ledger is None:
-            raise RenderConfigError(
+            raise ConfigError(
                 "no job ledger: set TILEPIPE_RENDER_LEDGER (or --ledger) to a PostgreSQL DSN"
             )
         self.dsn = settings.ledger.get_secret_value()
@@ -72,14 +71,14 @@ class RenderPool:
             )
             build_store(settings.store, settings.format, settings.staging).close()
         except (ValueError, OSError) as e:
-            raise RenderConfigError(str(e)) from None
+            raise ConfigError(str(e)) from None
         self.client = redis.Redis.from_url(
             settings.redis, socket_timeout=10, socket_connect_timeout=5
         )
         try:
             self.client.ping()
         except redis.RedisError as e:
-            raise RenderConfigError(f"the queue's Redis does not answer: {e}") from None
+            raise ConfigError(f"the queue's Redis does not answer: {e}") from None
         self.queue = RenderQueue(
             self.client,
             settings.prefix,
@@ -90,7 +89,7 @@ class RenderPool:
         try:
             ledger = Ledger(self.dsn)
         except LedgerError as e:
-            raise RenderConfigError(str(e)) from None
+            raise ConfigError(str(e)) from None
         try:
             ledger.create_schema()
         finally:
@@ -104,18 +103,12 @@ class RenderPool:
         self.invalidator = CacheInvalidator(self.client, settings.cache_key, purger)
         self.announcer: CommitAnnouncer | None = None
         if settings.broadcast and on_committed is None:
-            url, options = redis_uri(settings.broadcast)
-            target = RedisTarget(
-                url,
-                channel=options.get("channel", RedisTarget.channel),
-                prefix=options.get("prefix", settings.prefix),
-                mode=options.get("mode", "publish"),  # type: ignore[arg-type]
-            )
+            target = RedisTarget.from_uri(settings.broadcast, prefix=settings.prefix)
             self.announcer = CommitAnnouncer(target)
             try:
                 self.announcer.broadcaster.client.ping()
             except redis.RedisError as e:
-                raise RenderConfigError(f"the broadcast Redis does not answer: {e}") from None
+                raise ConfigError(f"the broadcast Redis does not answer: {e}") from None
             self.on_committed = self.announcer
         self.workers: list[RenderWorker] = []
 
@@ -202,3 +195,29 @@ class RenderPool:
         if died:
             raise WorkerDied(f"render worker(s) {', '.join(died)} died; see the log above")
         return totals
+
+
+def run_pool(settings: RenderSettings) -> int:
+    """``tilepipe render-worker``: run the pool until SIGTERM or SIGINT; the exit code.
+
+    The first signal lets every thread finish the job in hand; a second exits at once.
+    A thread that died on an error it could not handle stops the pool with exit code 1,
+    so the orchestrator restarts the process.
+    """
+    pool = RenderPool(settings)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            os._exit(130)  # a second signal: exit at once
+        log.info("stopping: finishing the jobs in hand")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        pool.run(stop)
+    except WorkerDied as e:
+        print(f"tilepipe render-worker: {e}", file=sys.stderr)
+        return 1
+    return 0

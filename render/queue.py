@@ -44,6 +44,7 @@ import orjson
 import redis
 
 from render.jobs import RenderJob
+from tilepipe.store import DEFAULT_PREFIX
 
 _ENQUEUE_LUA = """
 local added = {}
@@ -111,7 +112,7 @@ class RenderQueue:
     def __init__(
         self,
         client: redis.Redis,
-        prefix: str = "tilepipe",
+        prefix: str = DEFAULT_PREFIX,
         dedup_ttl_s: int = 6 * 3600,
         dead_max: int = 10_000,
     ) -> None:

@@ -11,10 +11,11 @@ from datetime import timedelta
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from dataflows.settings import Duration
 from render.jobs import TEMPLATE_FIELDS
+from tilepipe.config import Duration, TilepipeSettings
+from tilepipe.store import DEFAULT_PREFIX
 
 _SAMPLE = {"tms": "WebMercatorQuad", "z": 0, "x": 0, "y": 0, "version": 1, "key": "0" * 32}
 
@@ -34,14 +35,12 @@ def check_template(template: str, what: str) -> str:
     return template
 
 
-class RenderSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TILEPIPE_RENDER_", env_file=".env", extra="ignore", validate_default=True
-    )
+class RenderSettings(TilepipeSettings):
+    model_config = SettingsConfigDict(env_prefix="TILEPIPE_RENDER_")
 
     redis: str = "redis://127.0.0.1:6379/0"
     """The queue's Redis (``redis[s]://HOST:PORT/DB``)."""
-    prefix: str = "tilepipe"
+    prefix: str = DEFAULT_PREFIX
     """Key prefix: the queue is ``{prefix}:render:jobs``."""
     ledger: SecretStr | None = None
     """PostgreSQL DSN of the job ledger, e.g. ``postgresql://tilepipe@db/tilepipe``."""

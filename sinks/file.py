@@ -17,8 +17,8 @@ from typing import IO, Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from sinks import accounting, guard
-from sinks.messages import encode
 from tilepipe import metrics
+from tilepipe.messages import encode
 from tilepipe.records import DeadLetter, TileUpdate, clip
 
 log = logging.getLogger(__name__)

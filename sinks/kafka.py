@@ -24,13 +24,13 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from sinks.file import encode_dead_letter, minimal_letter, record_dead_letters
-from sinks.retry import RetryPolicy, write_with_retry
 from tilepipe import metrics
+from tilepipe.connect import kafka_config
 from tilepipe.records import DeadLetter
+from tilepipe.retry import RetryPolicy, write_with_retry
 
 log = logging.getLogger(__name__)
 # librdkafka logs through Python logging (JSON lines), not straight to stderr.
-KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
 
 
 class DeliveryFailed(Exception):
@@ -63,15 +63,16 @@ class KafkaProducerWriter:
         policy: RetryPolicy | None = None,
         flush_timeout_s: float = 10.0,
     ) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": ",".join(brokers),
-            "acks": "all",
-            "enable.idempotence": "true",
-            "linger.ms": "5",
-            "message.timeout.ms": str(int(flush_timeout_s * 1000)),
-            "logger": KAFKA_LOGGER,
-        }
-        config.update(extra_config or {})
+        config = kafka_config(
+            brokers,
+            extra_config,
+            {
+                "acks": "all",
+                "enable.idempotence": "true",
+                "linger.ms": "5",
+                "message.timeout.ms": str(int(flush_timeout_s * 1000)),
+            },
+        )
         self.topic = topic
         self.policy = policy or RetryPolicy()
         self.flush_timeout_s = flush_timeout_s

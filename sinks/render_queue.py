@@ -25,8 +25,9 @@ from render.jobs import RenderJob
 from render.queue import RenderQueue
 from sinks import accounting, guard
 from sinks.file import build_dead_letters
-from sinks.retry import REDIS_RETRY_ON, RetryPolicy, transient_redis, write_with_retry
 from tilepipe.records import DeadLetter, TileUpdate
+from tilepipe.retry import REDIS_RETRY_ON, RetryPolicy, transient_redis, write_with_retry
+from tilepipe.store import DEFAULT_PREFIX
 from tilepipe.timeutil import now_ms
 
 CHUNK = 500
@@ -36,7 +37,7 @@ CHUNK = 500
 @dataclass(frozen=True)
 class RenderQueueTarget:
     url: str  # redis:// or rediss://, with the database
-    prefix: str = "tilepipe"
+    prefix: str = DEFAULT_PREFIX
     deadline_ms: int | None = None
     """How long after enqueueing a job is still worth rendering (then invalidate-only)."""
 

@@ -32,13 +32,12 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka.admin import AdminClient
 
 from tilepipe import health, metrics, shutdown
+from tilepipe.connect import kafka_config
 from tilepipe.records import RawRecord
 from tilepipe.timeutil import now_ms
 
 log = logging.getLogger(__name__)
 # librdkafka logs through Python logging (JSON lines), not straight to stderr.
-KAFKA_LOGGER = logging.getLogger("tilepipe.kafka")
-
 _IDLE_POLL = timedelta(milliseconds=5)
 
 
@@ -250,8 +249,7 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
         self.extra_config = dict(extra_config or {})
 
     def _config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "bootstrap.servers": ",".join(self.brokers),
+        defaults: dict[str, Any] = {
             # Only assign() is used; the group id is never joined.
             "group.id": "tilepipe-unused",
             "enable.auto.commit": "false",
@@ -265,18 +263,11 @@ class KafkaTopicSource(FixedPartitionedSource[RawRecord, int]):
             # Out of range: report and resume at the earliest retained offset (_on_error),
             # never librdkafka's default of jumping to the end (review M8).
             "auto.offset.reset": "error",
-            "logger": KAFKA_LOGGER,
         }
-        config.update(self.extra_config)
-        return config
+        return kafka_config(self.brokers, self.extra_config, defaults)
 
     def list_parts(self) -> list[str]:
-        config: dict[str, Any] = {
-            "bootstrap.servers": ",".join(self.brokers),
-            **self.extra_config,
-            "logger": KAFKA_LOGGER,
-        }
-        admin = AdminClient(config)
+        admin = AdminClient(kafka_config(self.brokers, self.extra_config))
         meta = admin.list_topics(self.topic, timeout=10)
         topic = meta.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:

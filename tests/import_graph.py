@@ -27,14 +27,23 @@ PACKAGES = (
     "tilepipe",
     "operators",
     "sources",
-    "sinks",
     "render",
+    "sinks",
     "dataflows",
     "ingress",
     "gateway",
     "tiles",
-    "cli",
 )
+
+#: Modules that stand for a layer of their own in the package graph: the command line
+#: lives in the ``tilepipe`` distribution's namespace (``tilepipe.cli:main`` is the entry
+#: point) but is the top of the graph, not part of the vocabulary at the bottom.
+LAYERS = {"tilepipe.cli": "cli", "tilepipe.__main__": "cli"}
+
+
+def layer_of(module: str) -> str:
+    """The package-graph node a module belongs to."""
+    return LAYERS.get(module, module.split(".")[0])
 
 
 def _package_dirs(root: Path) -> list[str]:
@@ -87,11 +96,11 @@ def package_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """Every top-level package mapped to the other top-level packages it imports."""
     graph: dict[str, set[str]] = defaultdict(set)
     for src, targets in module_graph(root).items():
-        top = src.split(".")[0]
+        top = layer_of(src)
         graph[top]
         for dst in targets:
-            if dst.split(".")[0] != top:
-                graph[top].add(dst.split(".")[0])
+            if layer_of(dst) != top:
+                graph[top].add(layer_of(dst))
     return dict(graph)
 
 

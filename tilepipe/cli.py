@@ -1,8 +1,11 @@
-"""The ``tilepipe`` command.
+"""The ``tilepipe`` command: the top of the import graph, and nothing but argparse.
 
-``tilepipe run`` runs the dataflow. Flags override ``TILEPIPE_*`` environment
-variables, which override the defaults in :mod:`dataflows.settings`. With
-nothing configured it runs on the built-in generator and prints
+Each subcommand builds its service's settings (flags over ``TILEPIPE_*`` variables
+over defaults, :func:`tilepipe.config.settings_from_flags`) and hands them to the
+service: ``run`` to :mod:`dataflows.run`, ``ingress`` to :mod:`ingress.server`,
+``render-worker`` to :mod:`render.pool`, ``send`` to :mod:`tilepipe.client`. A
+:class:`~tilepipe.errors.ConfigError` is printed as one line with exit code 2. With
+nothing configured ``tilepipe run`` runs on the built-in generator and prints
 ``tile_updated`` lines, so a newcomer sees it work in one command.
 """
 
@@ -10,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from tilepipe import __version__
-
-log = logging.getLogger("tilepipe")
+from tilepipe.client import send_events
+from tilepipe.config import settings_from_flags
+from tilepipe.errors import ConfigError
+from tilepipe.signing import parse_secrets
 
 RUN_EXAMPLES = """\
 examples:
@@ -41,10 +39,6 @@ Every flag has a TILEPIPE_* environment variable (e.g. TILEPIPE_MAX_DELAY=250ms)
 A file or generator source ends at end of input: held events are released and
 a one-line summary of every record's outcome is printed to stderr.
 """
-
-
-class UserError(Exception):
-    """A configuration or environment problem the user can fix; no traceback."""
 
 
 def _run_parser(sub: Any) -> argparse.ArgumentParser:
@@ -195,13 +189,6 @@ def _render_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-_SETTING_FLAGS = (
-    "source", "sink", "dlq", "render_queue", "kafka_start", "kafka_exit_at_end", "workers",
-    "recovery_dir", "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
-    "allowed_lateness", "max_delay", "state_ttl",
-)  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tilepipe",
@@ -233,82 +220,41 @@ def main(argv: list[str] | None = None) -> int:
 
             return ingress_command(args)
         if args.command == "send":
-            from tilepipe.client import send_command
-
-            return send_command(args)
+            return send(args)
         if args.command == "render-worker":
             return render_worker(args)
-    except UserError as e:
+    except ConfigError as e:
         print(f"tilepipe {args.command}: {e}", file=sys.stderr)
         return 2
     return 2
 
 
-def load_settings(args: argparse.Namespace) -> Any:
+def run(args: argparse.Namespace) -> int:
+    """``tilepipe run``: the dataflow, configured by flags over ``TILEPIPE_*`` variables."""
+    from dataflows.run import run as run_dataflow
     from dataflows.settings import Settings
+    from tilepipe.logs import setup_logging
 
-    return settings_from_flags(Settings, args, _SETTING_FLAGS, "TILEPIPE_")
-
-
-def settings_from_flags(
-    cls: Any, args: argparse.Namespace, flags: tuple[str, ...], env_prefix: str
-) -> Any:
-    """``cls`` (pydantic-settings) from the environment with the given flags on top.
-
-    A bad value is one line naming the setting, its flag and its variable.
-    """
-    overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
-    try:
-        return cls(**overrides)
-    except ValidationError as e:
-        first = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        raise UserError(
-            f"invalid setting {where}: {msg} (flag --{where.replace('_', '-')}"
-            f" or {env_prefix}{where.upper()})"
-        ) from None
+    settings = settings_from_flags(Settings, args)
+    setup_logging(settings.log_level)
+    return run_dataflow(settings, args.argv, args.summary_file)
 
 
 def render_worker(args: argparse.Namespace) -> int:
-    from render.pool import RenderConfigError, RenderPool
+    """``tilepipe render-worker``: a pool of render threads until SIGTERM."""
+    from render.pool import run_pool
     from render.settings import RenderSettings
     from tilepipe.logs import setup_logging
 
-    flags = ("redis", "ledger", "renderer", "store", "workers", "sla", "broadcast",
-             "metrics_port", "log_level")  # fmt: skip
     if args.ledger is not None and dsn_has_password(args.ledger):
-        raise UserError(
+        raise ConfigError(
             "--ledger carries a password, which every user of this machine can read in the"
             " process list: pass the DSN in TILEPIPE_RENDER_LEDGER instead, or keep the flag"
             " without the password and set PGPASSWORD or a ~/.pgpass file (PGPASSFILE)"
         )
-    settings = settings_from_flags(RenderSettings, args, flags, "TILEPIPE_RENDER_")
+    settings = settings_from_flags(RenderSettings, args)
     setup_logging(settings.log_level)
-    try:
-        pool = RenderPool(settings)
-    except RenderConfigError as e:
-        raise UserError(str(e)) from None
-    import threading
-
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            os._exit(130)  # a second signal: exit at once
-        log.info("stopping: finishing the jobs in hand")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    from render.pool import WorkerDied
-
-    try:
-        pool.run(stop)
-    except WorkerDied as e:
-        print(f"tilepipe render-worker: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_pool(settings)
 
 
 def dsn_has_password(dsn: str) -> bool:
@@ -321,100 +267,79 @@ def dsn_has_password(dsn: str) -> bool:
     return re.search(r"(?:^|\s)password\s*=", dsn) is not None
 
 
-def place_in_cluster(settings: Any, hostname: str | None = None) -> Any:
-    """Settings with ``process_id`` and ``addresses`` filled in from a StatefulSet pod's name.
-
-    Only with ``cluster_replicas`` set and no explicit ``process_id``; the pod
-    name is ``pod_name`` (the Downward API's ``metadata.name``) or else the
-    hostname, which Kubernetes sets to the pod name.
-    """
-    if settings.cluster_replicas is None or settings.process_id is not None:
-        return settings
-    if settings.workers != 1:
-        raise UserError(
-            "--workers starts processes on one machine; with TILEPIPE_CLUSTER_REPLICAS each pod"
-            " is one process of the cluster, so leave --workers at 1"
-        )
-    from tilepipe.cluster import place_from_hostname
-
-    name = settings.pod_name or hostname or socket.gethostname()
+def send(args: argparse.Namespace) -> int:
+    """``tilepipe send``: post JSON lines in signed batches; one summary line at the end."""
+    if args.batch < 1:
+        raise ConfigError("--batch must be at least 1")
     try:
-        place = place_from_hostname(
-            name,
-            settings.cluster_replicas,
-            service=settings.cluster_service,
-            port=settings.cluster_port,
-            address=settings.cluster_address,
+        if args.secret_file:
+            text = Path(args.secret_file).read_text()
+        else:
+            text = os.environ.get("TILEPIPE_SEND_SECRET") or os.environ.get(
+                "TILEPIPE_HMAC_SECRETS", ""
+            )
+        secrets = parse_secrets(text)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the secret: {e}") from None
+    if not secrets:
+        raise ConfigError(
+            "no secret to sign with: set TILEPIPE_SEND_SECRET=keyid:secret or pass --secret-file"
         )
-    except (ValueError, KeyError, IndexError) as e:
-        raise UserError(f"cluster placement: {e}") from None
-    return settings.model_copy(update={"process_id": place.process_id, "addresses": place.joined})
+    if args.key_id is not None and args.key_id not in secrets:
+        raise ConfigError(f"--key-id {args.key_id!r} is not among the secrets' key ids")
+    secret = secrets[args.key_id] if args.key_id else list(secrets.values())[-1]
+    try:
+        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise ConfigError(f"cannot read {args.file}: {e.strerror}") from None
+    totals = {"accepted": 0, "duplicate": 0, "rejected": 0, "unavailable": 0}
+    sent = 0
+    with stream:
+        chunk: list[bytes] = []
+        for line in (line.strip() for line in stream):
+            if line:
+                chunk.append(line)
+            if len(chunk) == args.batch:
+                sent += _send_chunk(args, chunk, secret, totals, sent)
+                chunk = []
+        if chunk:
+            sent += _send_chunk(args, chunk, secret, totals, sent)
+    print(
+        f"tilepipe send: {sent} events: {totals['accepted']} accepted, {totals['duplicate']}"
+        f" duplicate, {totals['rejected']} rejected, {totals['unavailable']} unavailable",
+        file=sys.stderr,
+    )
+    if totals["unavailable"]:
+        return 2
+    return 1 if totals["rejected"] else 0
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = place_in_cluster(load_settings(args))
-    from tilepipe.logs import setup_logging
-
-    setup_logging(settings.log_level)
-    if settings.addresses:
-        log.info(
-            "process %d of a cluster of %d: %s",
-            settings.process_id,
-            len(settings.addresses.split(";")),
-            settings.addresses,
+def _send_chunk(
+    args: argparse.Namespace, chunk: list[bytes], secret: bytes, totals: dict[str, int], at: int
+) -> int:
+    try:
+        result = send_events(
+            args.url,
+            chunk,
+            secret=secret,
+            timeout=args.timeout,
+            retries=args.retries,
+            cafile=args.cafile,
+            batch=len(chunk) > 1,
         )
-    if settings.workers > 1 and settings.process_id is None:
-        return _run_cluster(settings, args)
-    from tilepipe.runner import preflight, run_process
-
-    preflight(settings)
-    counts = run_process(settings)
-    if args.summary_file:
-        Path(args.summary_file).write_text(json.dumps(counts))
-    elif counts is not None:
-        from tilepipe.metrics import Accounting
-
-        print(Accounting.summary_line(counts), file=sys.stderr)
-    return 0
-
-
-def _run_cluster(settings: Any, args: argparse.Namespace) -> int:
-    """Start ``workers`` processes as one Bytewax cluster on loopback."""
-    from tilepipe.metrics import OUTCOMES, Accounting
-    from tilepipe.runner import free_ports, preflight
-
-    preflight(settings)
-    ports = free_ports(settings.workers)
-    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
-    argv = args.argv
-    summaries = tempfile.mkdtemp(prefix="tilepipe-")
-    procs = []
-    for i in range(settings.workers):
-        cmd = [sys.executable, "-m", "tilepipe", *argv, "--process-id", str(i),
-               "--addresses", addresses, "--summary-file", f"{summaries}/{i}.json"]  # fmt: skip
-        if settings.metrics_port is not None:  # one machine: process i serves on port + i
-            cmd += ["--metrics-port", str(settings.metrics_port + i)]
-        procs.append(subprocess.Popen(cmd))
-
-    def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise UserError(f"worker processes exited with {codes}; see their log lines above")
-    totals = dict.fromkeys((*OUTCOMES, "in"), 0)
-    for i in range(settings.workers):
-        path = Path(summaries, f"{i}.json")
-        if path.exists():
-            for k, v in json.loads(path.read_text()).items():
-                # Processes run side by side: counts add up, run times overlap.
-                totals[k] = max(totals.get(k, 0), v) if k == "run_ms" else totals.get(k, 0) + v
-    print(Accounting.summary_line(totals), file=sys.stderr)
-    return 0
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot post to {args.url} ({e}); is the ingress running and the URL right?"
+        ) from None
+    if "results" not in result.body:  # the whole request was refused
+        raise ConfigError(
+            f"the ingress answered {result.status}: {result.body.get('message', result.body)}"
+        )
+    for r in result.body["results"]:
+        totals[r["result"]] += 1
+        if r["result"] == "rejected":
+            print(json.dumps({**r, "index": at + r["index"]}), file=sys.stderr)
+    return len(chunk)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def test_python_m_bytewax_run_uses_the_same_settings(tmp_path: Path):
     env = {**os.environ, "TILEPIPE_SOURCE": f"file:{src}", "TILEPIPE_SINK": f"file:{out}",
            "TILEPIPE_DLQ": f"file:{tmp_path / 'dlq'}"}  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflows.tile_updates:flow"],
+        [sys.executable, "-m", "bytewax.run", "dataflows.tile_updates:flow()"],
         capture_output=True, timeout=120, env=env, cwd=Path(__file__).parents[2],
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -33,11 +33,11 @@ from operators.enrich import EnrichConfig, expand_batch
 from operators.tile_state import OrderConfig
 from operators.validate import ValidationConfig, validate_batch
 from sinks import guard
-from sinks.messages import encode
 from tests.support.hostile import CORPUS, event_like
 from tests.support.hostile import NOW as POISON_NOW
 from tests.support.job import counts, run_to_end, tilepipe
 from tests.support.services import RedisSubscriber
+from tilepipe.messages import encode
 from tilepipe.records import DeadLetter, RawRecord, TileEvent
 from tilepipe.timeutil import now_ms
 

@@ -17,10 +17,10 @@ import redis
 
 from operators.validate import sign
 from sinks.kafka import KafkaProducerWriter
-from sinks.redis import connect
 from sources.kafka import KafkaTopicSource
 from tests.support.job import tilepipe
 from tests.support.services import free_port
+from tilepipe.connect import redis_client as connect
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import REGISTRY
 
-from dataflows.settings import kafka_uri
 from sources.kafka import KafkaTopicSource
+from tilepipe.config import kafka_uri
 
 pytestmark = pytest.mark.integration
 

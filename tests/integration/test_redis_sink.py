@@ -10,10 +10,11 @@ import pytest
 import redis
 
 from operators.coalesce import coalesce
-from sinks.redis import RedisBroadcaster, RedisTarget
+from sinks.redis import RedisBroadcaster
 from tests.support.fakes import Letters
 from tests.support.services import RedisSubscriber
 from tilepipe.records import TileEvent
+from tilepipe.store import RedisTarget
 from tilepipe.tiles import tile_key
 from tilepipe.versions import version_key
 
@@ -112,8 +113,8 @@ def test_transient_errors_are_retried_until_redis_takes_the_write(channel):
     """OOM (maxmemory reached) and BUSY (another client's slow script) hold the job back."""
     import threading
 
-    from sinks.retry import RetryPolicy
     from tests.support.services import RedisServer
+    from tilepipe.retry import RetryPolicy
 
     with RedisServer() as server:
         admin = redis.Redis.from_url(server.url)

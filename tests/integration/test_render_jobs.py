@@ -37,9 +37,9 @@ from render.worker import (
     RenderWorker,
     WorkerConfig,
 )
-from sinks.redis import RedisTarget
 from tests.support.tileserver import TileServer
 from tilepipe.records import TileUpdate
+from tilepipe.store import RedisTarget
 from tilepipe.versions import order_key, version_key
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tilepipe.cli import UserError, load_settings, main, place_in_cluster
+from dataflows.run import place_in_cluster
+from dataflows.settings import Settings
+from tilepipe.cli import main
 from tilepipe.cluster import place_from_hostname
+from tilepipe.config import settings_from_flags
+from tilepipe.errors import ConfigError
 
 
 def test_ordinal_and_peers_from_a_statefulset_hostname():
@@ -57,7 +61,7 @@ def _settings_from_env(monkeypatch, **env):
         monkeypatch.setenv(k, v)
     import argparse
 
-    return load_settings(argparse.Namespace())
+    return settings_from_flags(Settings, argparse.Namespace())
 
 
 def test_settings_from_the_environment_place_the_process(monkeypatch):
@@ -102,5 +106,5 @@ def test_a_bad_hostname_stops_the_cli_with_one_line(monkeypatch, capsys):
 
 def test_workers_and_replicas_do_not_mix(monkeypatch):
     settings = _settings_from_env(monkeypatch, TILEPIPE_CLUSTER_REPLICAS="2", TILEPIPE_WORKERS="2")
-    with pytest.raises(UserError, match="leave --workers at 1"):
+    with pytest.raises(ConfigError, match="leave --workers at 1"):
         place_in_cluster(settings, hostname="tilepipe-0")

@@ -508,14 +508,15 @@ def test_a_get_signed_for_one_target_is_refused_for_another(producer) -> None:
 
 def test_settings_from_the_environment(monkeypatch, tmp_path) -> None:
     secret_file = tmp_path / "secrets"
-    secret_file.write_text("k2:two\nk3:three\n")
-    monkeypatch.setenv("TILEPIPE_HMAC_SECRETS", "k1:s3cr3t-1,k2:two")
+    one, two, three = "s3cr3t-" + "1" * 32, "two-" + "2" * 32, "three-" + "3" * 32
+    secret_file.write_text(f"k2:{two}\nk3:{three}\n")
+    monkeypatch.setenv("TILEPIPE_HMAC_SECRETS", f"k1:{one},k2:{two}")
     monkeypatch.setenv("TILEPIPE_HMAC_SECRETS_FILE", str(secret_file))
     monkeypatch.setenv("TILEPIPE_INGRESS_DEDUP_WINDOW", "90s")
     monkeypatch.setenv("TILEPIPE_MAX_RECORD_BYTES", "4096")
     monkeypatch.setenv("TILEPIPE_INGRESS_SINK", "kafka://b1:9092,b2:9092/raw")
     s = IngressSettings()
-    assert s.secrets_by_key() == {"k1": b"s3cr3t-1", "k2": b"two", "k3": b"three"}
+    assert s.secrets_by_key() == {"k1": one.encode(), "k2": two.encode(), "k3": three.encode()}
     assert s.dedup_window.total_seconds() == 90 and s.max_record_bytes == 4096
     assert "s3cr3t" not in repr(s) and "s3cr3t" not in str(s.model_dump())
     secret_file.write_text("k1:other\n")

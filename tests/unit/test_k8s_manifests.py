@@ -110,13 +110,12 @@ def test_every_configured_setting_is_one_tilepipe_knows(objects, monkeypatch):
     # Not applied (H5), but its keys are what users put in the real Secret.
     secret = yaml.safe_load((obs.K8S / "secret.example.yaml").read_text())["stringData"]
     known = {f"TILEPIPE_{name.upper()}" for name in Settings.model_fields}
-    known.add("TILEPIPE_PROGRESS_INTERVAL")  # read by the runner for its progress line
     assert set(config) | set(secret) <= known, (set(config) | set(secret)) - known
     for key, value in {**config, **secret}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("TILEPIPE_POD_NAME", "tilepipe-1")
     monkeypatch.setenv("TILEPIPE_HMAC_SECRETS", "k2026:" + "x" * 64)  # from tilepipe-hmac
-    from tilepipe.cli import place_in_cluster
+    from dataflows.run import place_in_cluster
 
     placed = place_in_cluster(Settings())
     assert placed.process_id == 1

@@ -26,8 +26,8 @@ from operators.enrich import EnrichConfig, expand_batch
 from operators.tile_state import OrderConfig
 from operators.validate import _REASONS, ValidationConfig, validate_batch
 from sinks import guard
-from sinks.messages import encode
 from tests.support.hostile import CORPUS, NOW, event_like
+from tilepipe.messages import encode
 from tilepipe.records import MAX_ERROR_CHARS, DeadLetter, FanOutEvent, RawRecord, TileEvent
 from tilepipe.wire import OWN_REASONS
 

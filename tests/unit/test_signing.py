@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 from dataflows.settings import Settings
 from dataflows.tile_updates import validation_config
-from ingress.server import prepare
 from ingress.settings import IngressSettings
 from operators.validate import ValidationConfig, validate, validate_record
-from tilepipe.cli import UserError, main
+from tilepipe.cli import main
+from tilepipe.config import settings_from_flags
+from tilepipe.errors import ConfigError
 from tilepipe.records import DeadLetter, RawRecord, TileEvent
 from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_strength, sign
 
@@ -122,7 +123,9 @@ def test_a_record_timestamp_header_never_raises(ts: bytes) -> None:
      ("k1:CHANGE-ME-too-but-long-enough-to-pass-32", "placeholder"),
      ("k1:short-but-not-a-placeholder", "under the 32")],
 )  # fmt: skip
-def test_placeholder_and_short_secrets_are_refused_at_startup(secrets, message) -> None:
+def test_placeholder_and_short_secrets_are_refused_at_startup(
+    secrets, message, monkeypatch
+) -> None:
     from tilepipe.signing import parse_secrets
 
     with pytest.raises(ValueError, match=message):
@@ -131,8 +134,11 @@ def test_placeholder_and_short_secrets_are_refused_at_startup(secrets, message) 
         Settings(hmac_secrets=secrets)
     with pytest.raises(ValidationError, match=message):
         Settings(hmac_secrets=f"k9:{NEW}", hmac_verify_secrets=secrets)
-    # The ingress refuses before it binds a port or asks the broker anything.
-    with pytest.raises(UserError, match=message) as e:
-        prepare(IngressSettings(sink="kafka://127.0.0.1:1/raw", hmac_secrets=secrets))
+    # The ingress refuses as its settings are read, before it binds a port or asks the
+    # broker anything, in one line that names the variable and never the secret.
+    monkeypatch.setenv("TILEPIPE_HMAC_SECRETS", secrets)
+    with pytest.raises(ConfigError, match=message) as e:
+        settings_from_flags(IngressSettings)
+    assert "TILEPIPE_HMAC_SECRETS" in str(e.value)
     assert "\n" not in str(e.value) and secrets.split(":", 1)[1] not in str(e.value)
     check_strength({"k": NEW.encode()})  # 34 bytes of a real-looking key pass

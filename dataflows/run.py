@@ -1,27 +1,38 @@
-"""Running the dataflow in this process: checks first, then Bytewax.
+"""Running the dataflow: checks first, then Bytewax, in this process or a cluster of them.
 
-:func:`preflight` turns the usual mistakes (a broker or Redis that does not
-answer, a missing topic or file) into one clear line before anything starts.
-:func:`run_process` sets up metrics, recovery, signals and progress logs and
-hands the flow to Bytewax.
+:func:`run` is what ``tilepipe run`` does with its settings. :func:`preflight` turns
+the usual mistakes (a broker or Redis that does not answer, a missing topic or file)
+into one :class:`~tilepipe.errors.ConfigError` line before anything starts.
+:func:`run_process` sets up metrics, recovery, signals and progress logs and hands the
+flow to Bytewax; :func:`run_cluster` starts ``workers`` such processes on loopback as
+one Bytewax cluster and adds up their accounting.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from dataflows.settings import redact_url
-from tilepipe import health, shutdown
-from tilepipe.cli import UserError
+from dataflows.settings import Settings
+from tilepipe import health, metrics, shutdown
+from tilepipe.cluster import place_from_hostname
+from tilepipe.config import kafka_uri, redis_uri
+from tilepipe.connect import check_kafka, check_redis, redis_client
+from tilepipe.errors import ConfigError
+from tilepipe.metrics import OUTCOMES, Accounting
 
 log = logging.getLogger("tilepipe.run")
 
@@ -37,74 +48,33 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def preflight(settings: Any) -> None:
-    from dataflows.settings import kafka_uri, redis_uri
-
+def preflight(settings: Settings) -> None:
+    """Raise :class:`ConfigError` for what would stop the job at once, before it starts."""
     try:
         for name, uri in (("source", settings.source), ("dlq", settings.dlq)):
             if uri.startswith("kafka:"):
                 brokers, topic = kafka_uri(uri)
-                _check_kafka(name, brokers, topic, settings.kafka_config)
+                check_kafka(name, brokers, topic, settings.kafka_config)
         if settings.source.startswith("file:"):
             path = settings.source[5:]
             if path != "-" and not Path(path).is_file():
-                raise UserError(f"source file {path!r} does not exist")
+                raise ConfigError(f"source file {path!r} does not exist")
         if settings.source.startswith("generator:"):
             from sources.generator import GeneratorSpec
 
             GeneratorSpec.from_query(settings.source[10:].lstrip("?"))
         if settings.render_queue:
-            url, _ = redis_uri(settings.render_queue)
-            _check_redis(url, "render queue")
+            check_redis(redis_uri(settings.render_queue)[0], "render queue")
         elif settings.sink.startswith(("redis:", "rediss:")):
-            url, _ = redis_uri(settings.sink)
-            _check_redis(url)
+            check_redis(redis_uri(settings.sink)[0])
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise ConfigError(str(e)) from None
 
 
-def _check_kafka(name: str, brokers: list[str], topic: str, extra: dict[str, str]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    quiet = logging.getLogger("tilepipe.kafka.preflight")
-    quiet.propagate = False  # the one-line error below says it all
-    quiet.addHandler(logging.NullHandler())
-    config: dict[str, Any] = {"bootstrap.servers": ",".join(brokers), **extra, "logger": quiet}
-    admin = AdminClient(config)
-    try:
-        meta = admin.list_topics(timeout=5)
-    except Exception as e:
-        raise UserError(
-            f"{name}: Kafka at {','.join(brokers)} did not answer ({e}); is the broker running"
-            " and the address right?"
-        ) from None
-    if topic not in meta.topics:
-        raise UserError(
-            f"{name}: topic {topic!r} does not exist on {','.join(brokers)}; create it first"
-            " (its partition count is the job's parallelism)"
-        )
-
-
-def _check_redis(url: str, what: str = "sink") -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
-    except redis.RedisError as e:
-        raise UserError(
-            f"{what}: Redis at {redact_url(url)} did not answer ({e}); is it running?"
-        ) from None
-
-
-def _add_readiness_checks(settings: Any) -> None:
+def _add_readiness_checks(settings: Settings) -> None:
     uri = settings.render_queue or settings.sink
     if uri.startswith(("redis:", "rediss:")):
-        import redis
-
-        from dataflows.settings import redis_uri
-
-        url, _ = redis_uri(uri)
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = redis_client(redis_uri(uri)[0], timeout_s=1)
 
         def ping() -> None:
             client.ping()
@@ -112,7 +82,7 @@ def _add_readiness_checks(settings: Any) -> None:
         health.HEALTH.add_check("redis", ping)
 
 
-def _init_recovery(settings: Any, wait_s: float = 300.0) -> Any:
+def _init_recovery(settings: Settings, path: Path, wait_s: float = 300.0) -> Any:
     """The recovery store, created on first use by process 0 alone.
 
     Bytewax needs the cluster as a whole to see every partition, not each
@@ -126,7 +96,6 @@ def _init_recovery(settings: Any, wait_s: float = 300.0) -> Any:
     """
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
-    path = Path(settings.recovery_dir)
     path.mkdir(parents=True, exist_ok=True)
     building = path / f".init-{os.getpid()}"
 
@@ -149,7 +118,7 @@ def _init_recovery(settings: Any, wait_s: float = 300.0) -> Any:
         deadline = time.monotonic() + wait_s
         while not ready():
             if time.monotonic() > deadline:
-                raise UserError(
+                raise ConfigError(
                     f"recovery store {path} has no partitions after {wait_s:.0f} s; process 0"
                     " creates it: does every process mount the same recovery directory?"
                 )
@@ -166,8 +135,6 @@ class _Progress(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from tilepipe import metrics
-
         last = metrics.Accounting.snapshot()
         last_t = time.monotonic()
         while not self.stop.wait(self.interval):
@@ -200,22 +167,21 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
-def run_process(settings: Any) -> dict[str, int] | None:
+def run_process(settings: Settings) -> dict[str, int]:
     """Run this process's part of the flow; returns the accounting at the end."""
     from bytewax.run import cli_main
 
     from dataflows.tile_updates import build_flow
-    from tilepipe.metrics import Accounting
 
     flow = build_flow(settings)
     if settings.metrics_port is not None:
         # Before recovery and the cluster, so probes answer (not ready) while peers gather.
         health.serve(settings.metrics_port)
         _add_readiness_checks(settings)
-    recovery = _init_recovery(settings) if settings.recovery_dir else None
+    recovery = _init_recovery(settings, settings.recovery_dir) if settings.recovery_dir else None
     shutdown.install()
     tune_gc()
-    progress = _Progress(float(os.environ.get("TILEPIPE_PROGRESS_INTERVAL", "10")))
+    progress = _Progress(settings.progress_interval.total_seconds())
     progress.start()
     kwargs: dict[str, Any] = {
         "epoch_interval": settings.snapshot_interval
@@ -251,4 +217,91 @@ def peak_rss_kb() -> int:
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
+    return 0
+
+
+def place_in_cluster(settings: Settings, hostname: str | None = None) -> Settings:
+    """Settings with ``process_id`` and ``addresses`` filled in from a StatefulSet pod's name.
+
+    Only with ``cluster_replicas`` set and no explicit ``process_id``; the pod
+    name is ``pod_name`` (the Downward API's ``metadata.name``) or else the
+    hostname, which Kubernetes sets to the pod name.
+    """
+    if settings.cluster_replicas is None or settings.process_id is not None:
+        return settings
+    if settings.workers != 1:
+        raise ConfigError(
+            "--workers starts processes on one machine; with TILEPIPE_CLUSTER_REPLICAS each pod"
+            " is one process of the cluster, so leave --workers at 1"
+        )
+    name = settings.pod_name or hostname or socket.gethostname()
+    try:
+        place = place_from_hostname(
+            name,
+            settings.cluster_replicas,
+            service=settings.cluster_service,
+            port=settings.cluster_port,
+            address=settings.cluster_address,
+        )
+    except (ValueError, KeyError, IndexError) as e:
+        raise ConfigError(f"cluster placement: {e}") from None
+    return settings.model_copy(update={"process_id": place.process_id, "addresses": place.joined})
+
+
+def run(settings: Settings, argv: list[str], summary_file: str | None = None) -> int:
+    """``tilepipe run``: this process, or ``workers`` processes on loopback as one cluster.
+
+    ``argv`` is the command line each worker process is started with; a worker writes
+    its accounting to ``summary_file`` for the process that started it to add up.
+    """
+    settings = place_in_cluster(settings)
+    if settings.addresses:
+        log.info(
+            "process %d of a cluster of %d: %s",
+            settings.process_id,
+            len(settings.addresses.split(";")),
+            settings.addresses,
+        )
+    preflight(settings)
+    if settings.workers > 1 and settings.process_id is None:
+        return run_cluster(settings, argv)
+    counts = run_process(settings)
+    if summary_file:
+        Path(summary_file).write_text(json.dumps(counts))
+    else:
+        print(Accounting.summary_line(counts), file=sys.stderr)
+    return 0
+
+
+def run_cluster(settings: Settings, argv: list[str]) -> int:
+    """Start ``workers`` processes as one Bytewax cluster on loopback; wait for them all."""
+    ports = free_ports(settings.workers)
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+    summaries = tempfile.mkdtemp(prefix="tilepipe-")
+    procs = []
+    for i in range(settings.workers):
+        cmd = [sys.executable, "-m", "tilepipe", *argv, "--process-id", str(i),
+               "--addresses", addresses, "--summary-file", f"{summaries}/{i}.json"]  # fmt: skip
+        if settings.metrics_port is not None:  # one machine: process i serves on port + i
+            cmd += ["--metrics-port", str(settings.metrics_port + i)]
+        procs.append(subprocess.Popen(cmd))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise ConfigError(f"worker processes exited with {codes}; see their log lines above")
+    totals = dict.fromkeys((*OUTCOMES, "in"), 0)
+    for i in range(settings.workers):
+        path = Path(summaries, f"{i}.json")
+        if path.exists():
+            for k, v in json.loads(path.read_text()).items():
+                # Processes run side by side: counts add up, run times overlap.
+                totals[k] = max(totals.get(k, 0), v) if k == "run_ms" else totals.get(k, 0) + v
+    print(Accounting.summary_line(totals), file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""One place that decides retries for every sink.
+"""One retry policy for every writer: the sinks, the render queue, the tile store.
 
 A sink that cannot write blocks its worker and retries with capped
 exponential back-off and full jitter. Blocking is the back-pressure: the
