@@ -258,8 +258,12 @@ class Hub:
             try:
                 await self._read(batch)
             except (RedisError, OSError, asyncio.TimeoutError) as e:
-                # The subscription's return re-reads every tracked tile; nothing is lost.
-                log.warning("state read failed (%s); it is redone when Redis is back", e)
+                # Redone, not dropped: a read is idempotent (what the client has decides), and
+                # the first command after a Redis restart fails on the pool's dead connection.
+                log.warning("state read failed (%s); retrying", e)
+                self._reads[:0] = [r for r in batch if not r[0].closed]
+                self._reads_ready.set()
+                await asyncio.sleep(0.2 + random.random() * 0.3)
 
     async def _read(self, batch: list[tuple[Client, dict[TileId, int], str]]) -> None:
         assert self._redis is not None
@@ -345,6 +349,9 @@ class Hub:
                 self._last_redis_error = str(e) or type(e).__name__
                 if self.subscribed.is_set():
                     log.warning("Redis subscription lost: %s; reconnecting", self._last_redis_error)
+            except Exception as e:  # a bug must not leave the process deaf: log, resubscribe
+                self._last_redis_error = f"{type(e).__name__}: {e}"
+                log.exception("the subscription reader failed; resubscribing")
             finally:
                 self.subscribed.clear()
                 metrics.REDIS_UP.set(0)
@@ -401,11 +408,14 @@ class Hub:
             await asyncio.sleep(period)
             now, wall = time.monotonic(), time.time()
             for c in list(self.clients.values()):
-                if c.send_started is not None and now - c.send_started > slow:
-                    metrics.SLOW_CLOSES.inc()
-                    self.end(c, 4008, "slow")
-                elif c.scope.expires is not None and wall > c.scope.expires:
-                    self.end(c, 4003, "token_expired")
+                try:
+                    if c.send_started is not None and now - c.send_started > slow:
+                        metrics.SLOW_CLOSES.inc()
+                        self.end(c, 4008, "slow")
+                    elif c.scope.expires is not None and wall > c.scope.expires:
+                        self.end(c, 4003, "token_expired")
+                except Exception:  # one broken socket must not stop the sweep for the rest
+                    log.exception("closing session %s failed", c.session.id)
             for sid, (c, until) in list(self.lingering.items()):
                 if now > until:
                     del self.lingering[sid]
