@@ -103,4 +103,12 @@ def protocols(write_buffer_high: int, send_buffer: int = 0) -> tuple[type[Any], 
             if scope is not None:
                 scope["extensions"][EXTENSION] = SocketControl(self.transport, self)  # type: ignore[literal-required]
 
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.accept" and self.handshake_complete:
+                # The handshake's request and response (headers: ~3 KiB) are not needed
+                # again; most of a gateway's connections are idle, so this is per-connection
+                # memory that only ever sits there.
+                self.request = self.response = None  # type: ignore[assignment]
+
     return HttpProtocol, WebSocketProtocol
