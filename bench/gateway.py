@@ -262,7 +262,14 @@ class Bench:
                  " resyncs after Redis dropped the subscription)",
                  "25,000", "Centrifugo 25k msg/s per pod (2020)")  # fmt: skip
 
+    def full_gcs(self) -> tuple[float, float]:
+        """(count, seconds) of the gateway's full garbage collections so far."""
+        m = self.gw.metric
+        return (m("tilepipe_gateway_gc_pause_seconds_count", generation="2"),
+                m("tilepipe_gateway_gc_pause_seconds_sum", generation="2"))  # fmt: skip
+
     async def latency(self, label: str, clients: list[Client] | None = None) -> float:
+        gc0 = self.full_gcs()
         self.recording = []
         stop = asyncio.Event()
         await self.publisher.paced(self.pool, self.args.rate, self.args.seconds, stop)
@@ -270,10 +277,12 @@ class Bench:
         lat, self.recording = self.recording, None
         p50, p99 = pct(lat, 0.5) * 1000, pct(lat, 0.99) * 1000
         fanout = len(clients or self.clients) * self.args.tiles / len(self.pool)
+        gc1 = self.full_gcs()
+        gcs = f"; {gc1[0] - gc0[0]:.0f} full GCs, {(gc1[1] - gc0[1]) * 1000:.0f} ms in all"
         if label == "base":
             self.row(f"p99 PUBLISH -> client receipt at {self.args.rate:,}/s",
                      f"{p99:.1f} ms (p50 {p50:.1f} ms, {len(lat):,} receipts,"
-                     f" fan-out {fanout:.0f})", "<= 50 ms at 5,000/s",
+                     f" fan-out {fanout:.0f}{gcs})", "<= 50 ms at 5,000/s",
                      "Centrifugo p99 200 ms at 1M conns; hashrocket 95% < 500 ms")  # fmt: skip
         return p99
 

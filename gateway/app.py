@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -408,6 +409,11 @@ def create_app(settings: GatewaySettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.hub.start()
+        # A full collection scans every live object (0.43 s at 2,000 sessions on the 2-core
+        # machine, 80 ms of it the 69k objects of the imports): keep those out of every scan.
+        gc.collect()
+        gc.freeze()
+        metrics.watch_gc()
         try:
             yield
         finally:
