@@ -54,8 +54,9 @@ from ingress.intake import (
 )
 from ingress.jobs import JobsAPI
 from ingress.producer import OutRecord
-from ingress.settings import IngressSettings, host_port
+from ingress.settings import IngressSettings
 from operators.validate import ValidationConfig
+from tilepipe.serving import host_port
 from tilepipe.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

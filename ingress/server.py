@@ -21,10 +21,11 @@ import uvicorn
 
 from ingress.app import Ingress, create_app
 from ingress.producer import AsyncProducer
-from ingress.settings import IngressSettings, host_port
+from ingress.settings import IngressSettings
 from tilepipe.config import kafka_uri, redact_url, settings_from_flags
 from tilepipe.connect import check_kafka
 from tilepipe.errors import ConfigError
+from tilepipe.serving import bind, drop_color_message
 from tilepipe.signing import check_strength
 
 log = logging.getLogger("tilepipe.ingress")
@@ -55,11 +56,11 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, list[socket.socket]]:
             raise ConfigError(f"{name} {str(path)!r} is not a readable file")
     brokers, topic = kafka_uri(settings.sink)
     check_kafka("sink", brokers, topic, settings.kafka_config)
-    sock = _bind(settings.listen)
+    sock = bind(settings.listen)
     socks = [sock]
     if settings.metrics_listen is not None:
         try:
-            socks.append(_bind(settings.metrics_listen))
+            socks.append(bind(settings.metrics_listen))
         except ConfigError:
             sock.close()
             raise
@@ -91,27 +92,6 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, list[socket.socket]]:
                 f"job API: the render ledger or queue does not answer: {str(e).splitlines()[0]}"
             ) from None
     return Ingress(settings, secrets, producer, jobs), socks
-
-
-def _bind(listen: str) -> socket.socket:
-    host, port = host_port(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {listen}: {e.strerror}; pick another --listen address"
-        ) from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def _drop_color_message(record: logging.LogRecord) -> bool:
-    record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of the message
-    return True
 
 
 class _Server(uvicorn.Server):
@@ -150,7 +130,7 @@ def serve(settings: IngressSettings) -> int:
     ingress, socks = prepare(settings)
     config = uvicorn_config(settings, ingress)
     server = _Server(config)
-    logging.getLogger("uvicorn.error").addFilter(_drop_color_message)
+    logging.getLogger("uvicorn.error").addFilter(drop_color_message)
     scheme = "https" if config.ssl_certfile else "http"
     log.info(
         "ingress listening on %s://%s, producing to %s",

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from tilepipe.config import Duration, RecordLimits, kafka_uri, secrets_from
+from tilepipe.serving import host_port
 from tilepipe.signing import parse_secrets
 from tilepipe.store import DEFAULT_PREFIX
 
@@ -131,11 +132,3 @@ class IngressSettings(RecordLimits):
                     raise ValueError(f"HMAC key id {kid!r} has two different secrets")
                 out[kid] = secret
         return out
-
-
-def host_port(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port); raises ``ValueError``."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{listen!r} is not HOST:PORT (example: 0.0.0.0:8080)")
-    return host.removeprefix("[").removesuffix("]"), int(port)

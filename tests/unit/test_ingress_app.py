@@ -19,10 +19,11 @@ from ingress import metrics
 from ingress.app import EVENT_ID_HEADER, INGEST_HEADER, KEY_ID_HEADER, create_app
 from ingress.dedup import DedupWindow, IngestClock
 from ingress.intake import body_kind, split_records
-from ingress.settings import IngressSettings, host_port
+from ingress.settings import IngressSettings
 from tests.support.events import NOW_MS, dumps, feature_event, tile_event
 from tests.support.fakes import SECRETS, FakeProducer, make_ingress
 from tilepipe.client import signed_headers
+from tilepipe.serving import host_port
 from tilepipe.signing import (
     RECORD_METHOD,
     RECORD_TARGET,

@@ -21,12 +21,13 @@ import pytest
 import uvicorn
 
 from ingress.app import Ingress
-from ingress.server import _bind, uvicorn_config
+from ingress.server import uvicorn_config
 from ingress.settings import IngressSettings
 from tests.support.events import dumps, tile_event
 from tests.support.fakes import SECRETS, FakeProducer
 from tests.support.services import free_port
 from tilepipe.client import post
+from tilepipe.serving import bind
 
 # How long a test waits for an answer before calling the server stuck. Generous: it is a
 # failure ceiling, not a timing assertion.
@@ -39,9 +40,9 @@ class LiveIngress:
             sink="kafka://h:9092/raw", listen=f"127.0.0.1:{free_port()}", **settings
         )
         self.ingress = Ingress(self.settings, SECRETS, FakeProducer())
-        self.socks = [_bind(self.settings.listen)]
+        self.socks = [bind(self.settings.listen)]
         if self.settings.metrics_listen is not None:
-            self.socks.append(_bind(self.settings.metrics_listen))
+            self.socks.append(bind(self.settings.metrics_listen))
         self.port = self.socks[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn_config(self.settings, self.ingress))
