@@ -68,6 +68,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from tilepipe.geometry import REPAIR_BUDGET_S, GeometryError
+from tilepipe.reasons import Reason
 from tilepipe.repair import RepairOverBudget, union_within
 from tilepipe.tiles import MAX_LATITUDE, MAX_ZOOM
 
@@ -371,10 +372,10 @@ def _repair_area(polys: np.ndarray, projected: BaseGeometry, budget_s: float) ->
 
 def _prepare(geom: BaseGeometry, repair_budget_s: float = REPAIR_BUDGET_S) -> _Projected:
     if geom is None or geom.is_empty:
-        raise GeometryError("empty_geometry", "geometry is empty")
+        raise GeometryError(Reason.EMPTY_GEOMETRY, "geometry is empty")
     coords = shapely.get_coordinates(geom)
     if not np.isfinite(coords).all():
-        raise GeometryError("invalid_coordinates", "geometry has NaN or infinite coordinates")
+        raise GeometryError(Reason.INVALID_COORDINATES, "geometry has NaN or infinite coordinates")
     lonlat = geom
     if len(coords) > 1 and (np.abs(np.diff(coords[:, 0])) > 180.0).any():
         lonlat = _unwrap_geometry(geom)  # rare: only when some jump exists
@@ -823,7 +824,7 @@ def _prepare_or_refuse(geom: BaseGeometry) -> _Projected:
     try:
         return _prepare(geom)
     except _Unrepaired as e:
-        raise GeometryError("invalid_geometry", str(e)) from None
+        raise GeometryError(Reason.INVALID_GEOMETRY, str(e)) from None
 
 
 def tile_cover(geom: BaseGeometry, zoom: int, buffer_px: float = 0.0) -> set[Tile]:

@@ -50,6 +50,7 @@ from shapely.geometry.base import BaseGeometry
 
 from operators.cover import Cover, cover_range
 from tilepipe import metrics
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, FanOutEvent, TileEvent
 from tilepipe.repair import RepairOverBudget, symmetric_difference_within
 from tilepipe.tiles import MAX_LATITUDE, tile_key
@@ -218,7 +219,7 @@ def expand(
         log.exception("enrich: could not expand event %s", event.model.event_id)
         rec = event.record
         return DeadLetter(
-            "expansion_failed",
+            Reason.EXPANSION_FAILED,
             f"{type(e).__name__}: {e}",
             rec.value or b"",
             rec.origin,

@@ -31,6 +31,7 @@ from sinks.retry import (
     transient_redis,
     write_with_retry,
 )
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, TileUpdate
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class RedisBroadcaster:
         outcome = self._publish([p for _, p in prepared])
         for (i, _), r in zip(prepared, outcome, strict=True):
             if isinstance(r, Exception):
-                dead.append(guard.update_letter(updates[i], guard.SINK_REJECTED, r))
+                dead.append(guard.update_letter(updates[i], Reason.SINK_REJECTED, r))
             else:
                 results[i] = r
         if dead:

@@ -26,6 +26,7 @@ from render.queue import RenderQueue
 from sinks import accounting, guard
 from sinks.file import build_dead_letters
 from sinks.retry import REDIS_RETRY_ON, RetryPolicy, transient_redis, write_with_retry
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, TileUpdate
 from tilepipe.timeutil import now_ms
 
@@ -79,7 +80,7 @@ class RenderEnqueuer:
                     added += self._add([j])
                 except redis.ResponseError as e:
                     added.append(None)
-                    dead.append(guard.update_letter(updates[i], guard.SINK_REJECTED, e))
+                    dead.append(guard.update_letter(updates[i], Reason.SINK_REJECTED, e))
         for (i, _), a in zip(jobs, added, strict=True):
             if a is not None:
                 results[i] = accounting.PUBLISHED if a else accounting.DUPLICATE
