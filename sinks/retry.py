@@ -5,38 +5,24 @@ exponential back-off and full jitter. Blocking is the back-pressure: the
 source stops reading while the sink is down, so nothing piles up in memory
 and nothing acknowledged upstream is lost. The outage is logged once when it
 starts, every so often while it lasts, and once when it ends, and
-``tilepipe_sink_up`` shows it.
+``tilepipe_sink_up`` shows it. The back-off formula itself is
+:class:`tilepipe.retry.RetryPolicy`, which the render worker's retries use too.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
 
 from tilepipe import metrics
+from tilepipe.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    initial_s: float = 0.05
-    max_s: float = 5.0
-    multiplier: float = 2.0
-    max_attempts: int | None = None
-    """``None``: retry until the sink is back (the default; never drop output)."""
-
-    def delay(self, attempt: int) -> float:
-        """Full-jitter back-off before retry number ``attempt`` (1-based)."""
-        cap = min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1))
-        return random.uniform(0, cap)
 
 
 # Redis errors that mean "not now", not "not this": a script running (BUSY, e.g.

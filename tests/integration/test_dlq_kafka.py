@@ -14,9 +14,9 @@ import json
 import pytest
 
 from sinks.kafka import KafkaProducerWriter, _DeadLetterPartition
-from sinks.retry import RetryPolicy
 from tilepipe.metrics import Accounting
 from tilepipe.records import DeadLetter
+from tilepipe.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
 

@@ -121,8 +121,8 @@ def test_transient_errors_are_retried_until_redis_takes_the_write(channel):
     """OOM (maxmemory reached) and BUSY (another client's slow script) hold the job back."""
     import threading
 
-    from sinks.retry import RetryPolicy
     from tests.support.services import RedisServer
+    from tilepipe.retry import RetryPolicy
 
     with RedisServer() as server:
         admin = redis.Redis.from_url(server.url)

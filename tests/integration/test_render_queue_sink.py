@@ -10,10 +10,10 @@ import redis
 from operators.coalesce import coalesce
 from render.queue import RenderQueue
 from sinks.render_queue import RenderEnqueuer, RenderQueueTarget
-from sinks.retry import RetryPolicy
 from tests.integration.test_redis_sink import Letters
 from tests.support.services import RedisServer
 from tilepipe.records import TileEvent, TileUpdate
+from tilepipe.retry import RetryPolicy
 from tilepipe.tiles import tile_key
 
 pytestmark = pytest.mark.integration
