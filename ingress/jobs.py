@@ -41,9 +41,9 @@ from shapely.geometry import box
 from starlette.requests import Request
 from starlette.responses import Response
 
-from operators.cover import cover_range
 from render import regions
 from render.queue import RenderQueue
+from tilepipe.cover import cover_range
 from tilepipe.geometry import REPAIR_BUDGET_S, GeometryError, check_geometry, from_geojson
 from tilepipe.signing import SIGNATURE_HEADER
 from tilepipe.wire import GeometryRules

@@ -4,7 +4,7 @@ A ``tile`` event already names its tile (validation computed its key and
 event time). Kinds that do not know tiles expand here:
 
 - ``feature``: the tiles its geometry touches, covered once at ``maxzoom``
-  and derived upwards to ``minzoom`` (:mod:`operators.cover`), under a
+  and derived upwards to ``minzoom`` (:mod:`tilepipe.cover`), under a
   per-event tile budget with a recorded fallback (exact → bbox → coarser
   zoom). With ``previous_geometry`` both places are dirty; with diff expiry
   only the symmetric difference of old and new is (a small edit to a big lake
@@ -48,8 +48,8 @@ from bytewax.dataflow import Stream, operator
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from operators.cover import Cover, cover_range
 from tilepipe import metrics
+from tilepipe.cover import Cover, cover_range
 from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, FanOutEvent, TileEvent
 from tilepipe.repair import RepairOverBudget, symmetric_difference_within

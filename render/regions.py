@@ -7,7 +7,7 @@ and queue entries) whose key includes the region's id, so re-rendering a
 tile already rendered at its version is new work, not a duplicate. Progress
 is read from the tile jobs' states; nothing is counted twice.
 
-The cover comes from :func:`operators.cover.cover_range`, which falls back to
+The cover comes from :func:`tilepipe.cover.cover_range`, which falls back to
 the bounding box (exact cover too slow) or a coarser zoom (too many tiles)
 and says which: the method and the deepest zoom covered are recorded with
 the job and returned by ``GET /v1/jobs/{id}``.

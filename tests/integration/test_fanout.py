@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from operators.cover import cover_range
 from tests.integration.test_dataflow import counts, run_to_end
 from tests.support.services import RedisSubscriber
+from tilepipe.cover import cover_range
 from tilepipe.geometry import from_geojson
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from operators.cover import cover_range
 from tests.integration.test_dataflow import counts, run_to_end
 from tests.support.services import free_port
+from tilepipe.cover import cover_range
 from tilepipe.geometry import from_geojson
 
 pytestmark = pytest.mark.integration
