@@ -33,6 +33,9 @@ Every fanned-out tile event carries the upstream object (``feature:`` or
 ``sensor:`` plus source and id), so versions of different objects on one tile
 never suppress each other, and exactly one tile event per record carries the
 record's accounting weight.
+
+No Bytewax here: the step is :func:`operators.steps.enrich`. Stage numbers:
+``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import bytewax.operators as op
 import h3
 import shapely
-from bytewax.dataflow import Stream, operator
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
@@ -245,26 +246,3 @@ def expand_batch(
             out.extend(result)
             left -= len(result)
     return out
-
-
-@dataclass(frozen=True)
-class Expanded:
-    oks: Stream[TileEvent]
-    errs: Stream[DeadLetter]
-
-
-@operator
-def enrich(step_id: str, up: Stream[TileEvent | FanOutEvent], *, config: EnrichConfig) -> Expanded:
-    """Expand every event into the tile events it stands for.
-
-    ```python
-    expanded = enrich("enrich", validated.oks, config=EnrichConfig(feature_maxzoom=16))
-    tiles, failed = expanded.oks, expanded.errs
-    ```
-
-    :arg config: zoom range defaults, tile budget, diff expiry, H3 settings.
-    :returns: ``oks`` (one :class:`TileEvent` per tile) and ``errs`` (dead letters).
-    """
-    results = op.flat_map_batch("expand", up, lambda batch: expand_batch(batch, config))
-    split = op.branch("split", results, lambda r: isinstance(r, TileEvent))
-    return Expanded(split.trues, split.falses)  # type: ignore[arg-type]

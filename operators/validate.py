@@ -5,7 +5,9 @@ Bytes become a :class:`~tilepipe.records.TileEvent` (``kind: "tile"``), a
 enrich stage expands to tiles) or a :class:`~tilepipe.records.DeadLetter`
 carrying a stable reason code, the offending field and the record's origin.
 Nothing raised by a record escapes this stage: whatever a producer sends, the
-flow goes on.
+flow goes on. No Bytewax here (its step is :func:`operators.steps.validate`),
+so the HTTP ingress runs :func:`validate_record` without loading the dataflow
+runtime. Stage numbers: ``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -14,20 +16,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
 from pydantic import ValidationError
 
 from operators.fastpath import fast_tile_event
 from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent, clip
-from tilepipe.signing import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    record_signature_problem,
-    sign,
-    signature_valid,
-)
+from tilepipe.signing import record_signature_problem
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
@@ -35,18 +29,6 @@ from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn
 
 log = logging.getLogger(__name__)
 
-# Signing lives in tilepipe.signing (shared with the ingress and the client).
-__all__ = [
-    "SIGNATURE_HEADER",
-    "TIMESTAMP_HEADER",
-    "Validated",
-    "ValidationConfig",
-    "sign",
-    "signature_valid",
-    "validate",
-    "validate_batch",
-    "validate_record",
-]
 
 # pydantic's built-in error types, folded into the DLQ's reason codes.
 _REASONS = {
@@ -200,43 +182,3 @@ def validate_batch(
             log.exception("validate: unexpected error on a record from %s", rec.origin)
             out.append(_dead(rec, Reason.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
     return out
-
-
-# -- the Bytewax operator ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Validated:
-    """Valid events and dead letters, as two streams."""
-
-    oks: Stream[TileEvent | FanOutEvent]
-    errs: Stream[DeadLetter]
-
-
-@operator
-def validate(step_id: str, up: Stream[RawRecord], *, config: ValidationConfig) -> Validated:
-    """Decode, verify and validate raw records, one batch at a time.
-
-    ```python
-    validated = validate("validate", raw, config=ValidationConfig())
-    op.output("dlq", validated.errs, dead_letter_sink)
-    ```
-
-    :arg config: size limit, allowed clock skew and HMAC secrets.
-    :returns: ``oks`` (:class:`TileEvent`, or :class:`FanOutEvent` for kinds that
-        expand to tiles in the enrich stage) and ``errs`` (:class:`DeadLetter`).
-    """
-    max_age_s = None if config.signature_max_age_ms is None else config.signature_max_age_ms / 1000
-    if config.hmac_secrets:
-        log.info(
-            "signature verification on: records need a valid x-tilepipe-signature",
-            extra={"key_ids": sorted(config.hmac_secrets), "max_age_s": max_age_s},  # ids only
-        )
-    else:
-        log.warning(
-            "signature verification OFF: TILEPIPE_HMAC_SECRETS is unset, so records are not"
-            " authenticated (set TILEPIPE_REQUIRE_SIGNATURES=true to refuse to start like this)"
-        )
-    results = op.flat_map_batch("check", up, lambda batch: validate_batch(batch, config))
-    split = op.branch("split", results, lambda r: not isinstance(r, DeadLetter))
-    return Validated(split.trues, split.falses)  # type: ignore[arg-type]

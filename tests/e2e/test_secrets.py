@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from operators.validate import sign
 from sinks.kafka import KafkaProducerWriter
 from sinks.redis import connect
 from sources.kafka import KafkaTopicSource
 from tests.e2e.test_cli import tilepipe
 from tests.support.services import free_port
+from tilepipe.signing import sign
 
 pytestmark = pytest.mark.e2e
 

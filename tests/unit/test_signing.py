@@ -20,7 +20,8 @@ from dataflows.settings import Settings
 from dataflows.tile_updates import validation_config
 from ingress.server import prepare
 from ingress.settings import IngressSettings
-from operators.validate import ValidationConfig, validate, validate_record
+from operators.steps import validate
+from operators.validate import ValidationConfig, validate_record
 from tilepipe.cli import UserError, main
 from tilepipe.records import DeadLetter, RawRecord, TileEvent
 from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_strength, sign
@@ -82,7 +83,7 @@ def build(config: ValidationConfig) -> None:
 
 
 def test_the_flow_logs_whether_verification_is_on(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="operators.validate")
+    caplog.set_level(logging.INFO, logger="operators.steps")
     build(ValidationConfig())
     build(ValidationConfig(hmac_secrets={"k2027": NEW.encode()}, signature_max_age_ms=60_000))
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
