@@ -54,7 +54,7 @@ from tilepipe.cover import Cover, cover_range
 from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, FanOutEvent, TileEvent
 from tilepipe.repair import RepairOverBudget, symmetric_difference_within
-from tilepipe.tiles import MAX_LATITUDE, tile_key
+from tilepipe.tiles import MAX_LATITUDE, ZXY, tile_key
 from tilepipe.wire import FeatureEventIn, TelemetryEventIn
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def dirty_geometry(
 
 
 def _events(
-    fan: FanOutEvent, tiles: Iterable[tuple[int, int, int]], object_id: str, coverage: str,
+    fan: FanOutEvent, tiles: Iterable[ZXY], object_id: str, coverage: str,
     h3_cell: str | None = None,
 ) -> list[TileEvent]:  # fmt: skip
     m = fan.model

@@ -35,6 +35,7 @@ from psycopg.rows import dict_row
 from render.jobs import RenderJob
 from render.ledger import SCHEMA as JOBS_SCHEMA
 from render.queue import RenderQueue
+from tilepipe.tiles import ZXY
 
 REGIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS render_regions (
@@ -63,7 +64,7 @@ DONE_STATES = ("COMPLETED", "DEGRADED", "DEAD")
 @dataclass(frozen=True)
 class RegionRequest:
     operation: str
-    tiles: list[tuple[int, int, int]]
+    tiles: list[ZXY]
     cover_method: str
     cover_zoom: int
     request: dict[str, Any]

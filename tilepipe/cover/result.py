@@ -13,12 +13,9 @@ from typing import Literal
 import numpy as np
 
 from tilepipe.cover.quadtree import Tiles
+from tilepipe.tiles import ZXY
 
 Method = Literal["exact", "bbox", "zoom_capped"]
-# Plain tuples, not tilepipe.tiles.TileId: a cover lists up to its whole budget
-# at once (234,878 tiles for the bench's country), and building each tile as a
-# NamedTuple would double the listing's cost; a TileId compares equal to one.
-ZXY = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class Cover:
     descendant of a listed ``zoom`` tile is dirty too).
     """
 
-    tiles: list[ZXY]  # (z, x, y), sorted
+    tiles: list[ZXY]  # (z, x, y), sorted; plain tuples, not TileId: see tilepipe.tiles.ZXY
     method: Method
     zoom: int  # the deepest zoom actually covered
     requested_maxzoom: int
