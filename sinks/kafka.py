@@ -24,10 +24,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from sinks.file import encode_dead_letter, minimal_letter, record_dead_letters
-from sinks.retry import write_with_retry
 from tilepipe import metrics
 from tilepipe.records import DeadLetter
-from tilepipe.retry import RetryPolicy
+from tilepipe.retry import RetryPolicy, write_with_retry
 
 log = logging.getLogger(__name__)
 # librdkafka logs through Python logging (JSON lines), not straight to stderr.

@@ -23,7 +23,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from sinks import accounting, guard
 from sinks.file import build_dead_letters
 from sinks.messages import encode
-from sinks.retry import (
+from tilepipe.reasons import Reason
+from tilepipe.records import DeadLetter, TileUpdate
+from tilepipe.retry import (
     REDIS_RETRY_ON,
     RetryPolicy,
     TransientRedisError,
@@ -31,8 +33,6 @@ from sinks.retry import (
     transient_redis,
     write_with_retry,
 )
-from tilepipe.reasons import Reason
-from tilepipe.records import DeadLetter, TileUpdate
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class RedisBroadcaster:
         chunk that went through is not sent again when another failed, and an
         update written by an earlier try that lost its reply is recognised by
         its write token (``w``), so a retry counts it published, not duplicate
-        (review L4). Transient errors (see ``sinks/retry.py``) are retried with
+        (review L4). Transient errors (see ``tilepipe/retry.py``) are retried with
         the one back-off policy; a chunk refused otherwise is sent again one
         update per call, so only the updates Redis refuses themselves fail.
         """

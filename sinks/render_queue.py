@@ -25,10 +25,9 @@ from render.jobs import RenderJob
 from render.queue import RenderQueue
 from sinks import accounting, guard
 from sinks.file import build_dead_letters
-from sinks.retry import REDIS_RETRY_ON, transient_redis, write_with_retry
 from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, TileUpdate
-from tilepipe.retry import RetryPolicy
+from tilepipe.retry import REDIS_RETRY_ON, RetryPolicy, transient_redis, write_with_retry
 from tilepipe.timeutil import now_ms
 
 CHUNK = 500

@@ -184,7 +184,7 @@ for _result in ("published", "suppressed"):
     TILE_UPDATES.labels(_result)
 for _method in ("exact", "bbox", "zoom_capped"):
     COVERS.labels(_method)
-for _sink in ("redis", "dlq"):  # the sinks that retry (sinks/retry.py callers)
+for _sink in ("redis", "dlq"):  # the sinks that retry (tilepipe/retry.py callers)
     BROADCAST_ERRORS.labels(_sink)
     BROADCAST_RETRIES.labels(_sink)
 
