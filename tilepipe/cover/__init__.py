@@ -199,4 +199,6 @@ def cover_range(
             capped = coarser_exact(prj, minzoom, buffer_px, max_tiles, deadline, maxzoom)
     except Timeout:
         capped = None
-    return capped or capped_by_bbox(prj, minzoom, maxzoom, buffer_px, max_tiles)
+    if capped is None:  # out of time on the way down: zooms by bounding-box counts
+        capped = capped_by_bbox(prj, minzoom, maxzoom, buffer_px, max_tiles)
+    return capped
