@@ -234,7 +234,7 @@ class Bench:
 
     def fanout(self) -> None:
         from bench.cover import load
-        from operators.cover import cover_range
+        from tilepipe.cover import cover_range
 
         geom = load()
         z = self.scale.fanout_zoom

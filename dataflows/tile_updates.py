@@ -14,9 +14,10 @@ from bytewax.outputs import DynamicSink, Sink
 
 from dataflows.settings import Settings
 from operators.apply import order_and_apply
-from operators.enrich import EnrichConfig, enrich
+from operators.enrich import EnrichConfig
+from operators.steps import enrich, validate
 from operators.tile_state import OrderConfig
-from operators.validate import ValidationConfig, validate
+from operators.validate import ValidationConfig
 from sinks.file import FileDeadLetterSink, FileUpdatesSink
 from sinks.kafka import KafkaDeadLetterSink
 from sinks.redis import RedisBroadcastSink

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from operators.validate import ValidationConfig, validate_record
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent
 from tilepipe.wire import EVENT_ADAPTER, GeometryRules
 
@@ -33,8 +34,8 @@ ACCEPTED_MEDIA_TYPES = ("application/json", "application/x-ndjson")
 
 # Records that are not JSON objects at all are a bad request; JSON objects that break
 # the schema are unprocessable; one record over the size limit is too large.
-_STATUS = {"invalid_json": 400, "not_an_object": 400, "invalid_encoding": 400,
-           "empty_record": 400, "too_large": 413, "check_deadline": 413}  # fmt: skip
+_STATUS = {Reason.INVALID_JSON: 400, Reason.NOT_AN_OBJECT: 400, Reason.INVALID_ENCODING: 400,
+           Reason.EMPTY_RECORD: 400, Reason.TOO_LARGE: 413, Reason.CHECK_DEADLINE: 413}  # fmt: skip
 MAX_FIELD_ERRORS = 20
 # How long one request's records may take to check. Each record is bounded on
 # its own (a geometry repair by tilepipe.geometry.REPAIR_BUDGET_S), so a request
@@ -90,7 +91,7 @@ def check_record(index: int, value: bytes, config: ValidationConfig, now_ms: flo
         errors: tuple[dict[str, Any], ...] = ()
         # A refused repair is not tried again for the error list: it already cost its
         # budget once. Anything else is cheap to validate a second time.
-        if rejection_status(out) == 422 and out.reason != "invalid_geometry":
+        if rejection_status(out) == 422 and out.reason != Reason.INVALID_GEOMETRY:
             errors = tuple(field_errors(value, config.geometry))
         return Checked(index, value, None, None, out, errors=errors)
     event_id, key, source = _identity(out)
@@ -112,7 +113,7 @@ def check_records(
     for i, value in enumerate(values):
         if time.monotonic() > deadline:
             late = DeadLetter(
-                "check_deadline",
+                Reason.CHECK_DEADLINE,
                 f"checking the request took over {deadline_s:g} s; record {i} and later"
                 " were not checked, send fewer or simpler records a request",
                 b"",

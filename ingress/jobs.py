@@ -1,11 +1,10 @@
 """The job API: ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs?state=...``.
 
 Enabled when the ingress knows the render ledger (``TILEPIPE_RENDER_LEDGER``).
-Requests are signed like events: ``X-Tilepipe-Timestamp`` and
-``X-Tilepipe-Signature: sha256=HMAC(secret, timestamp + "." + body)``. A GET
-has no body, so it signs its request target instead (``/v1/jobs/ID`` or
-``/v1/jobs?state=DEAD``): a signature then cannot be replayed for another
-job or query.
+Requests are signed like events (:mod:`ingress.auth`): over the method, the
+request target as sent, the timestamp and the body, which is empty for a GET,
+so a signature cannot be replayed for another job or query (``/v1/jobs/ID``,
+``/v1/jobs?state=DEAD``). :func:`handle` authenticates and dispatches.
 
 ``POST /v1/jobs`` with ``{"operation": "rerender_region", "bbox": [minlon,
 minlat, maxlon, maxlat]`` *or* ``"geometry": {GeoJSON}``, ``"minzoom"``,
@@ -32,7 +31,6 @@ import hashlib
 import time
 from typing import Annotated, Any, Literal
 
-import orjson
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool
@@ -41,9 +39,12 @@ from shapely.geometry import box
 from starlette.requests import Request
 from starlette.responses import Response
 
-from operators.cover import cover_range
+from ingress.auth import Auth
+from ingress.intake import body_kind
+from ingress.responses import Rejected, error_response, json_response
 from render import regions
 from render.queue import RenderQueue
+from tilepipe.cover import cover_range
 from tilepipe.geometry import REPAIR_BUDGET_S, GeometryError, check_geometry, from_geojson
 from tilepipe.signing import SIGNATURE_HEADER
 from tilepipe.wire import GeometryRules
@@ -180,14 +181,6 @@ def _signature_key(signature: str | None) -> str | None:
     return "signature-sha256:" + hashlib.sha256(signature.encode("latin-1")).hexdigest()[:32]
 
 
-def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(doc), status, headers, media_type="application/json")
-
-
-def _error(status: int, reason: str, message: str) -> Response:
-    return _json(status, {"error": reason, "message": message})
-
-
 REGION_STATES = ("QUEUED", "IN_PROGRESS", "COMPLETED", "DEGRADED", "FAILED")
 """A region job's state: FAILED when done with some tile jobs DEAD, DEGRADED when some were
 only invalidated, COMPLETED when every tile was rendered and committed."""
@@ -195,39 +188,61 @@ only invalidated, COMPLETED when every tile was rendered and committed."""
 
 async def post_job(api: JobsAPI, request: Request, body: bytes) -> Response:
     if len(body) > MAX_BODY:
-        return _error(413, "too_large", f"the body is over the {MAX_BODY}-byte limit of a job")
+        return error_response(
+            413, "too_large", f"the body is over the {MAX_BODY}-byte limit of a job"
+        )
     try:
         parsed = RegionJobBody.model_validate_json(body)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        return _error(422, "invalid_job", f"{where}: {first['msg'].removeprefix('Value error, ')}")
+        return error_response(
+            422, "invalid_job", f"{where}: {first['msg'].removeprefix('Value error, ')}"
+        )
     try:
         signature = request.headers.get(SIGNATURE_HEADER)
         doc, created = await asyncio.to_thread(api.submit, parsed, signature)
     except (ValueError, GeometryError) as e:
-        return _error(422, "invalid_job", str(e))
+        return error_response(422, "invalid_job", str(e))
     except (psycopg.OperationalError, redis.RedisError):
-        return _error(503, "unavailable", "the job ledger or queue is unavailable; retry later")
+        return error_response(
+            503, "unavailable", "the job ledger or queue is unavailable; retry later"
+        )
     doc["created"] = created
-    return _json(202, doc, {"Location": f"/v1/jobs/{doc['id']}"})
+    return json_response(202, doc, {"Location": f"/v1/jobs/{doc['id']}"})
 
 
 async def get_job(api: JobsAPI, region_id: str) -> Response:
     try:
         doc = await asyncio.to_thread(api.status, region_id)
     except psycopg.OperationalError:
-        return _error(503, "unavailable", "the job ledger is unavailable; retry later")
+        return error_response(503, "unavailable", "the job ledger is unavailable; retry later")
     if doc is None:
-        return _error(404, "not_found", f"no job {region_id!r}")
-    return _json(200, doc)
+        return error_response(404, "not_found", f"no job {region_id!r}")
+    return json_response(200, doc)
 
 
 async def list_jobs(api: JobsAPI, state: str | None) -> Response:
     if state is not None and state not in REGION_STATES:
-        return _error(400, "invalid_state", f"state must be one of {sorted(REGION_STATES)}")
+        return error_response(400, "invalid_state", f"state must be one of {sorted(REGION_STATES)}")
     try:
         docs = await asyncio.to_thread(api.list, state)
     except psycopg.OperationalError:
-        return _error(503, "unavailable", "the job ledger is unavailable; retry later")
-    return _json(200, {"jobs": docs})
+        return error_response(503, "unavailable", "the job ledger is unavailable; retry later")
+    return json_response(200, {"jobs": docs})
+
+
+async def handle(api: JobsAPI, auth: Auth, request: Request) -> Response:
+    """Every job route: authenticated as events are (a GET signs an empty body), then
+    dispatched. A refusal raises :class:`~ingress.responses.Rejected`."""
+    if request.method == "POST":
+        auth.check_timestamp(request)
+        if body_kind(request.headers.get("content-type")) != "json":
+            raise Rejected(415, "unsupported_media_type", "Content-Type: application/json")
+        body = await auth.read_body(request, MAX_BODY)
+        auth.authenticate(request, body)
+        return await post_job(api, request, body)
+    auth.authenticate(request, b"")
+    if "id" in request.path_params:
+        return await get_job(api, request.path_params["id"])
+    return await list_jobs(api, request.query_params.get("state"))

@@ -1,4 +1,4 @@
-"""Stages 4-7 as one keyed Bytewax step around :class:`TileBucket`.
+"""Stages 4-7 (``docs/ARCHITECTURE.md``) as one keyed Bytewax step around :class:`TileBucket`.
 
 Events are keyed by bucket (a stable hash of the tile key, see
 ``operators/bucket.py``), and each bucket holds the state of its tiles:

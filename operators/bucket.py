@@ -1,4 +1,6 @@
-"""Many tiles' state under one Bytewax key: the per-tile cost without the per-key cost.
+"""Stage 4, key by tile bucket: many tiles' state under one Bytewax key.
+
+The per-tile cost without the per-key cost (stages: ``docs/ARCHITECTURE.md``).
 
 Keying Bytewax by tile costs about 15 µs for every new key (a logic object, a
 map entry, a timer and a snapshot each, in Rust and Python), more than all of

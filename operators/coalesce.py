@@ -1,4 +1,4 @@
-"""Stage 7 logic: coalesce a tile's applied events into one render trigger.
+"""Stage 7 logic (``docs/ARCHITECTURE.md``): a tile's applied events, one render trigger.
 
 All events of one tile applied in one release become a single
 :class:`~tilepipe.records.TileUpdate` that names the newest version and the

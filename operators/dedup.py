@@ -1,4 +1,4 @@
-"""Stage 6 logic: apply each object's versions once and only forward.
+"""Stage 6 logic (``docs/ARCHITECTURE.md``): apply each object's versions once and only forward.
 
 Per tile, a :class:`VersionGate` remembers the last applied ``(version,
 event time)`` of each upstream object and the most recent ``event_id``\\ s.

@@ -4,7 +4,7 @@ A ``tile`` event already names its tile (validation computed its key and
 event time). Kinds that do not know tiles expand here:
 
 - ``feature``: the tiles its geometry touches, covered once at ``maxzoom``
-  and derived upwards to ``minzoom`` (:mod:`operators.cover`), under a
+  and derived upwards to ``minzoom`` (:mod:`tilepipe.cover`), under a
   per-event tile budget with a recorded fallback (exact → bbox → coarser
   zoom). With ``previous_geometry`` both places are dirty; with diff expiry
   only the symmetric difference of old and new is (a small edit to a big lake
@@ -33,6 +33,9 @@ Every fanned-out tile event carries the upstream object (``feature:`` or
 ``sensor:`` plus source and id), so versions of different objects on one tile
 never suppress each other, and exactly one tile event per record carries the
 record's accounting weight.
+
+No Bytewax here: the step is :func:`operators.steps.enrich`. Stage numbers:
+``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -41,18 +44,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import bytewax.operators as op
 import h3
 import shapely
-from bytewax.dataflow import Stream, operator
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from operators.cover import Cover, cover_range
 from tilepipe import metrics
+from tilepipe.cover import Cover, cover_range
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, FanOutEvent, TileEvent
 from tilepipe.repair import RepairOverBudget, symmetric_difference_within
-from tilepipe.tiles import MAX_LATITUDE, tile_key
+from tilepipe.tiles import MAX_LATITUDE, ZXY, tile_key
 from tilepipe.wire import FeatureEventIn, TelemetryEventIn
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ def dirty_geometry(
 
 
 def _events(
-    fan: FanOutEvent, tiles: Iterable[tuple[int, int, int]], object_id: str, coverage: str,
+    fan: FanOutEvent, tiles: Iterable[ZXY], object_id: str, coverage: str,
     h3_cell: str | None = None,
 ) -> list[TileEvent]:  # fmt: skip
     m = fan.model
@@ -218,7 +220,7 @@ def expand(
         log.exception("enrich: could not expand event %s", event.model.event_id)
         rec = event.record
         return DeadLetter(
-            "expansion_failed",
+            Reason.EXPANSION_FAILED,
             f"{type(e).__name__}: {e}",
             rec.value or b"",
             rec.origin,
@@ -244,26 +246,3 @@ def expand_batch(
             out.extend(result)
             left -= len(result)
     return out
-
-
-@dataclass(frozen=True)
-class Expanded:
-    oks: Stream[TileEvent]
-    errs: Stream[DeadLetter]
-
-
-@operator
-def enrich(step_id: str, up: Stream[TileEvent | FanOutEvent], *, config: EnrichConfig) -> Expanded:
-    """Expand every event into the tile events it stands for.
-
-    ```python
-    expanded = enrich("enrich", validated.oks, config=EnrichConfig(feature_maxzoom=16))
-    tiles, failed = expanded.oks, expanded.errs
-    ```
-
-    :arg config: zoom range defaults, tile budget, diff expiry, H3 settings.
-    :returns: ``oks`` (one :class:`TileEvent` per tile) and ``errs`` (dead letters).
-    """
-    results = op.flat_map_batch("expand", up, lambda batch: expand_batch(batch, config))
-    split = op.branch("split", results, lambda r: isinstance(r, TileEvent))
-    return Expanded(split.trues, split.falses)  # type: ignore[arg-type]

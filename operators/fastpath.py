@@ -1,4 +1,4 @@
-"""A fast decoder for the record that dominates traffic: a valid tile event.
+"""Stage 2's fast decoder for the record that dominates traffic: a valid tile event.
 
 pydantic (:mod:`tilepipe.wire`) stays the schema of record and the source of
 every error message. This path decodes with msgspec into a plain struct and

@@ -1,11 +1,11 @@
-"""Stage 5 logic: the per-tile event-time watermark.
+"""Stage 5 logic (``docs/ARCHITECTURE.md``): the per-tile event-time watermark.
 
 ``wm(now) = min(M, B + (now - S))`` where ``M`` is the newest event time seen,
 ``B = M - allowed_lateness`` and ``S`` the wall time at which ``M`` last
 advanced. Wall-clock time lets a quiet tile's watermark catch up within
 ``allowed_lateness``, but never past the newest event seen, so a backlog
-replayed after an outage is not misread as late (see NOTES.md). Pure logic:
-no I/O, no Bytewax.
+replayed after an outage is not misread as late (``docs/ARCHITECTURE.md``,
+"Guarantees", Ordering). Pure logic: no I/O, no Bytewax.
 
 An event dated ahead of the wall clock counts as at most ``now +
 allowed_lateness``: validation lets events up to ``max_future`` (5 min) ahead

@@ -1,4 +1,4 @@
-"""Stages 5-7 for one tile: order by watermark, apply once, coalesce.
+"""Stages 5-7 (``docs/ARCHITECTURE.md``) for one tile: order by watermark, apply once, coalesce.
 
 :class:`TileState` is the whole per-tile state as a plain object (no Bytewax,
 no I/O, time passed in), so tests drive it directly. The three stages share

@@ -5,7 +5,9 @@ Bytes become a :class:`~tilepipe.records.TileEvent` (``kind: "tile"``), a
 enrich stage expands to tiles) or a :class:`~tilepipe.records.DeadLetter`
 carrying a stable reason code, the offending field and the record's origin.
 Nothing raised by a record escapes this stage: whatever a producer sends, the
-flow goes on.
+flow goes on. No Bytewax here (its step is :func:`operators.steps.validate`),
+so the HTTP ingress runs :func:`validate_record` without loading the dataflow
+runtime. Stage numbers: ``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -14,19 +16,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
 from pydantic import ValidationError
 
 from operators.fastpath import fast_tile_event
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, FanOutEvent, RawRecord, TileEvent, clip
-from tilepipe.signing import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    record_signature_problem,
-    sign,
-    signature_valid,
-)
+from tilepipe.signing import record_signature_problem
 from tilepipe.tiles import tile_key
 from tilepipe.timeutil import parse_event_time
 from tilepipe.versions import version_key
@@ -34,29 +29,17 @@ from tilepipe.wire import EVENT_ADAPTER, OWN_REASONS, GeometryRules, TileEventIn
 
 log = logging.getLogger(__name__)
 
-# Signing lives in tilepipe.signing (shared with the ingress and the client).
-__all__ = [
-    "SIGNATURE_HEADER",
-    "TIMESTAMP_HEADER",
-    "Validated",
-    "ValidationConfig",
-    "sign",
-    "signature_valid",
-    "validate",
-    "validate_batch",
-    "validate_record",
-]
 
 # pydantic's built-in error types, folded into the DLQ's reason codes.
 _REASONS = {
-    "json_invalid": "invalid_json",
-    "json_type": "invalid_json",
-    "dict_type": "not_an_object",
-    "model_type": "not_an_object",
-    "model_attributes_type": "not_an_object",
-    "missing": "missing_field",
-    "union_tag_not_found": "missing_field",
-    "union_tag_invalid": "unknown_kind",
+    "json_invalid": Reason.INVALID_JSON,
+    "json_type": Reason.INVALID_JSON,
+    "dict_type": Reason.NOT_AN_OBJECT,
+    "model_type": Reason.NOT_AN_OBJECT,
+    "model_attributes_type": Reason.NOT_AN_OBJECT,
+    "missing": Reason.MISSING_FIELD,
+    "union_tag_not_found": Reason.MISSING_FIELD,
+    "union_tag_invalid": Reason.UNKNOWN_KIND,
 }
 
 
@@ -71,7 +54,7 @@ class ValidationConfig:
     geometry: GeometryRules = field(default_factory=GeometryRules)
 
 
-def _dead(rec: RawRecord, reason: str, error: str, field: str | None = None) -> DeadLetter:
+def _dead(rec: RawRecord, reason: Reason, error: str, field: str | None = None) -> DeadLetter:
     raw = rec.value if rec.value is not None else b""
     return DeadLetter(
         reason, clip(error), raw, rec.origin, rec.received_ms, clip(field) if field else field
@@ -87,15 +70,15 @@ def _from_validation_error(rec: RawRecord, exc: ValidationError) -> DeadLetter:
     reason = _REASONS.get(etype)
     if reason is None:
         if etype in OWN_REASONS:
-            reason = etype
+            reason = Reason(etype)
         elif etype.endswith(("_type", "_parsing")):
-            reason = "invalid_type"
+            reason = Reason.INVALID_TYPE
         else:
-            reason = "invalid_value"
+            reason = Reason.INVALID_VALUE
     ctx_field = (first.get("ctx") or {}).get("field")
     if ctx_field:
         loc = [ctx_field]
-    if reason == "missing_field" and etype == "union_tag_not_found":
+    if reason == Reason.MISSING_FIELD and etype == "union_tag_not_found":
         loc = ["kind"]
     field = ".".join(loc) or None
     more = exc.error_count() - 1
@@ -129,12 +112,12 @@ def validate_record(
     """Decode, verify and validate one record; never raises for bad input."""
     body = rec.value
     if body is None:
-        return _dead(rec, "empty_record", "record has no value (a tombstone?)")
+        return _dead(rec, Reason.EMPTY_RECORD, "record has no value (a tombstone?)")
     size = rec.truncated_from or len(body)
     if size > config.max_record_bytes:
         return _dead(
             rec,
-            "too_large",
+            Reason.TOO_LARGE,
             f"record is {size} bytes, over the {config.max_record_bytes}-byte limit",
         )
     if config.hmac_secrets:
@@ -148,11 +131,13 @@ def validate_record(
             else config.signature_max_age_ms / 1000,
         )
         if problem is not None:
-            return _dead(rec, "bad_signature", problem)
+            return _dead(rec, Reason.BAD_SIGNATURE, problem)
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as e:
-        return _dead(rec, "invalid_encoding", f"record is not UTF-8: {e.reason} at byte {e.start}")
+        return _dead(
+            rec, Reason.INVALID_ENCODING, f"record is not UTF-8: {e.reason} at byte {e.start}"
+        )
     fast = fast_tile_event(body, rec.received_ms)
     if fast is not None:
         return _future_dated(rec, fast, config) or fast
@@ -161,7 +146,7 @@ def validate_record(
     except ValidationError as e:
         return _from_validation_error(rec, e)
     except (RecursionError, MemoryError, ValueError) as e:  # pathological nesting
-        return _dead(rec, "invalid_json", f"record could not be parsed: {type(e).__name__}")
+        return _dead(rec, Reason.INVALID_JSON, f"record could not be parsed: {type(e).__name__}")
     event: TileEvent | FanOutEvent
     if isinstance(model, TileEventIn):
         event = to_tile_event(model, rec.received_ms)
@@ -179,7 +164,7 @@ def _future_dated(
         return None
     return _dead(
         rec,
-        "future_event",
+        Reason.FUTURE_EVENT,
         f"event time is {(event.ts_ms - rec.received_ms) / 1000:.0f} s in the future,"
         f" over the {config.max_future_ms / 1000:.0f} s allowed (check the producer's clock)",
         "ts",
@@ -195,45 +180,5 @@ def validate_batch(
             out.append(validate_record(rec, config))
         except Exception as e:  # a bug of ours must not lose the record either
             log.exception("validate: unexpected error on a record from %s", rec.origin)
-            out.append(_dead(rec, "internal_error", f"{type(e).__name__}: {e}"))
+            out.append(_dead(rec, Reason.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
     return out
-
-
-# -- the Bytewax operator ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Validated:
-    """Valid events and dead letters, as two streams."""
-
-    oks: Stream[TileEvent | FanOutEvent]
-    errs: Stream[DeadLetter]
-
-
-@operator
-def validate(step_id: str, up: Stream[RawRecord], *, config: ValidationConfig) -> Validated:
-    """Decode, verify and validate raw records, one batch at a time.
-
-    ```python
-    validated = validate("validate", raw, config=ValidationConfig())
-    op.output("dlq", validated.errs, dead_letter_sink)
-    ```
-
-    :arg config: size limit, allowed clock skew and HMAC secrets.
-    :returns: ``oks`` (:class:`TileEvent`, or :class:`FanOutEvent` for kinds that
-        expand to tiles in the enrich stage) and ``errs`` (:class:`DeadLetter`).
-    """
-    max_age_s = None if config.signature_max_age_ms is None else config.signature_max_age_ms / 1000
-    if config.hmac_secrets:
-        log.info(
-            "signature verification on: records need a valid x-tilepipe-signature",
-            extra={"key_ids": sorted(config.hmac_secrets), "max_age_s": max_age_s},  # ids only
-        )
-    else:
-        log.warning(
-            "signature verification OFF: TILEPIPE_HMAC_SECRETS is unset, so records are not"
-            " authenticated (set TILEPIPE_REQUIRE_SIGNATURES=true to refuse to start like this)"
-        )
-    results = op.flat_map_batch("check", up, lambda batch: validate_batch(batch, config))
-    split = op.branch("split", results, lambda r: not isinstance(r, DeadLetter))
-    return Validated(split.trues, split.falses)  # type: ignore[arg-type]

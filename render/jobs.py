@@ -7,14 +7,14 @@ region job it belongs to. Versions are normalised first (``"2"`` and
 into one job however they were spelled.
 
 Why the update hash is part of the key: versions are monotonic per *object*
-(ARCHITECTURE: per feature, per sensor), so two features that both reach
-version 1 in one tile at different times are two different releases of the
-tile with one version number. Keyed by the version alone the second would be
-dropped as a duplicate and never rendered nor broadcast. The hash covers the
-order keys of every object applied, so a replayed trigger still has the same
-hash (one job) and a different release does not. A region job's tiles carry
-its id as ``origin``: a re-render of a tile already rendered at its version
-is new work, not a duplicate.
+(per feature, per sensor: the dataflow's stage 6, ``docs/ARCHITECTURE.md``), so
+two features that both reach version 1 in one tile at different times are two
+different releases of the tile with one version number. Keyed by the version
+alone the second would be dropped as a duplicate and never rendered nor
+broadcast. The hash covers the order keys of every object applied, so a
+replayed trigger still has the same hash (one job) and a different release does
+not. A region job's tiles carry its id as ``origin``: a re-render of a tile
+already rendered at its version is new work, not a duplicate.
 """
 
 from __future__ import annotations

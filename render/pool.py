@@ -20,22 +20,16 @@ import redis
 
 from render import metrics
 from render.announce import CommitAnnouncer
+from render.invalidate import CacheInvalidator, Purger
 from render.jobs import RenderJob
 from render.ledger import Ledger, LedgerError
 from render.queue import RenderQueue
 from render.renderers import build_renderer
 from render.settings import RenderSettings
 from render.stores import build_store
-from render.worker import (
-    Backoff,
-    CacheInvalidator,
-    CircuitBreaker,
-    Purger,
-    RenderWorker,
-    WorkerConfig,
-    default_name,
-)
+from render.worker import CircuitBreaker, RenderWorker, WorkerConfig, default_name
 from tilepipe.errors import ConfigError, TilepipeError
+from tilepipe.retry import RetryPolicy
 from tilepipe.store import RedisTarget
 
 log = logging.getLogger(__name__)
@@ -118,7 +112,7 @@ class RenderPool:
             name=f"{self.name}-{index}",
             sla_s=s.sla.total_seconds(),
             max_attempts=s.max_attempts,
-            backoff=Backoff(s.retry_initial.total_seconds(), s.retry_max.total_seconds()),
+            backoff=RetryPolicy(s.retry_initial.total_seconds(), s.retry_max.total_seconds()),
             poll_s=s.poll.total_seconds(),
             retention_s=s.retention.total_seconds(),
         )

@@ -7,7 +7,7 @@ and queue entries) whose key includes the region's id, so re-rendering a
 tile already rendered at its version is new work, not a duplicate. Progress
 is read from the tile jobs' states; nothing is counted twice.
 
-The cover comes from :func:`operators.cover.cover_range`, which falls back to
+The cover comes from :func:`tilepipe.cover.cover_range`, which falls back to
 the bounding box (exact cover too slow) or a coarser zoom (too many tiles)
 and says which: the method and the deepest zoom covered are recorded with
 the job and returned by ``GET /v1/jobs/{id}``.
@@ -35,6 +35,7 @@ from psycopg.rows import dict_row
 from render.jobs import RenderJob
 from render.ledger import SCHEMA as JOBS_SCHEMA
 from render.queue import RenderQueue
+from tilepipe.tiles import ZXY
 
 REGIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS render_regions (
@@ -63,7 +64,7 @@ DONE_STATES = ("COMPLETED", "DEGRADED", "DEAD")
 @dataclass(frozen=True)
 class RegionRequest:
     operation: str
-    tiles: list[tuple[int, int, int]]
+    tiles: list[ZXY]
     cover_method: str
     cover_zoom: int
     request: dict[str, Any]

@@ -25,36 +25,42 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import psycopg
 import redis
 
 from render import metrics
+from render.invalidate import CacheInvalidator
 from render.jobs import RenderJob
 from render.ledger import JobState, Ledger
 from render.queue import Delivery, RenderQueue
 from render.renderers import Renderer
 from render.stores import TileStore
+from tilepipe.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float = 1.0
-    max_s: float = 300.0
-    multiplier: float = 2.0
+class JobOutcome(str, Enum):
+    """What processing one delivery came to (:meth:`RenderWorker.process`), beside the
+    ledger's :class:`~render.ledger.JobState`: an outcome is this worker's, a state the job's."""
 
-    def delay(self, attempt: int) -> float:
-        """Full-jitter delay before retry after failed attempt ``attempt`` (1-based)."""
-        return random.uniform(0, min(self.max_s, self.initial_s * self.multiplier ** (attempt - 1)))
+    COMPLETED = "completed"  # committed (or superseded or covered) and acknowledged
+    SKIPPED = "skipped"  # the ledger says it is done already: announced again, acknowledged
+    DEGRADED = "degraded"  # circuit open or past its deadline: only invalidated
+    RETRY = "retry"  # this attempt failed; retried after the back-off
+    DEAD = "dead"  # the last attempt failed: on the dead-letter list
+    LOST = "lost"  # another worker reclaimed it meanwhile: theirs to finish
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class CircuitBreaker:
@@ -105,131 +111,12 @@ class CircuitBreaker:
                 self._open_until = self.clock() + self.cooldown_s
 
 
-class ThrottledWarning:
-    """At most one warning per ``every_s``, saying how many were held back since the last."""
-
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._unlogged = 0
-
-    def __call__(self, fmt: str, *args: object) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                self._unlogged += 1
-                return
-            self._next = now + self.every_s
-            unlogged, self._unlogged = self._unlogged, 0
-        more = f" ({unlogged} more since the last warning)" if unlogged else ""
-        log.warning(fmt + "%s", *args, more)
-
-
-class Purger:
-    """Sends ``PURGE`` for a tile to an HTTP cache (Varnish, nginx, a CDN) with a timeout.
-
-    200 or 204 is a hit (the cache held the tile and dropped it), 404 a miss (it did not
-    hold it); anything else, a timeout or a refused connection is an error: counted and
-    logged (at most one warning per ``log_every_s``), never a failed job, since the tile
-    is already committed and the cache entry expires on its own.
-    """
-
-    def __init__(self, template: str, timeout_s: float = 5.0, log_every_s: float = 10.0) -> None:
-        self.template = template
-        self.timeout_s = timeout_s
-        self._warn = ThrottledWarning(log_every_s)
-
-    def url(self, job: RenderJob) -> str:
-        return purge_url(self.template, job)
-
-    def purge(self, job: RenderJob) -> str:
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(self.url(job), method="PURGE")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as r:
-                status = int(r.status)
-        except urllib.error.HTTPError as e:
-            status = int(e.code)
-            e.close()
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            self.warn_failed(job, f"{type(e).__name__}: {getattr(e, 'reason', e)}")
-            return "error"
-        if status in (200, 204):
-            return "hit"
-        if status == 404:
-            return "miss"
-        self.warn_failed(job, f"the cache answered {status}")
-        return "error"
-
-    def warn_failed(self, job: RenderJob, reason: str) -> None:
-        self._warn("PURGE of %s failed: %s; the cached tile expires on its own", job.tile, reason)
-
-
-def purge_url(template: str, job: RenderJob) -> str:
-    """The purge URL template with the job's fields (:data:`render.jobs.TEMPLATE_FIELDS`)."""
-    return template.format(**job.fields())
-
-
-class CacheInvalidator:
-    """Drops a tile from the caches in front of the store: ``DEL`` of a Redis tile cache key
-    and/or ``PURGE`` to an HTTP cache. Each is counted: hit (it was cached), miss or error.
-    Never raises: a cache that fails is logged (throttled) and counted, and the job it
-    follows is still done (the tile is committed; the cache entry expires on its own).
-    Thread-safe: the pool's workers share one."""
-
-    def __init__(
-        self, client: redis.Redis | None, key_template: str | None, purger: Purger | None = None
-    ) -> None:
-        self.client = client
-        self.key_template = key_template
-        self.purger = purger
-        self.counts: Counter[str] = Counter()
-        self.purges: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._warn = ThrottledWarning()
-
-    @property
-    def configured(self) -> bool:
-        return (self.client is not None and bool(self.key_template)) or self.purger is not None
-
-    def invalidate(self, job: RenderJob) -> str | None:
-        """Invalidate ``job``'s tile everywhere configured; what happened, for the ledger
-        (``"cache hit, purge miss"``), or None if no cache is configured."""
-        done = []
-        if self.client is not None and self.key_template:
-            try:
-                key = self.key_template.format(**job.fields())
-                result = "hit" if self.client.delete(key) else "miss"
-            except Exception as e:  # a worker thread must not die of a cache
-                self._warn("DEL of the cache key of %s failed: %s: %s; the cached tile expires"
-                           " on its own", job.tile, type(e).__name__, e)  # fmt: skip
-                result = "error"
-            with self._lock:
-                self.counts[result] += 1
-            metrics.CACHE_INVALIDATIONS.labels(result).inc()
-            done.append(f"cache {result}")
-        if self.purger is not None:
-            try:
-                result = self.purger.purge(job)
-            except Exception as e:
-                self.purger.warn_failed(job, f"{type(e).__name__}: {e}")
-                result = "error"
-            with self._lock:
-                self.purges[result] += 1
-            metrics.PURGES.labels(result).inc()
-            done.append(f"purge {result}")
-        return ", ".join(done) or None
-
-
 @dataclass
 class WorkerConfig:
     name: str
     sla_s: float = 120.0
     max_attempts: int = 5
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: RetryPolicy = field(default_factory=lambda: RetryPolicy(initial_s=1.0, max_s=300.0))
     poll_s: float = 1.0
     retention_s: float = 30 * 86400.0
     """Ledger history and finished jobs older than this are deleted (the sweep)."""
@@ -274,6 +161,7 @@ class RenderWorker:
         self.invalidator = invalidator or CacheInvalidator(None, None)
         self.on_committed = on_committed
         self.outcomes: Counter[str] = Counter()
+        """Deliveries by :class:`JobOutcome` value, for the pool's summary line."""
         self._next_maintenance = 0.0
         self._next_sweep = 0.0
 
@@ -337,19 +225,19 @@ class RenderWorker:
         self.ledger.trim(self.config.retention_s)
         return n
 
-    def process(self, d: Delivery) -> str:
+    def process(self, d: Delivery) -> JobOutcome:
         """Run one delivery to its outcome; returns it (also counted in ``outcomes``)."""
         outcome = self._process(d)
-        self.outcomes[outcome] += 1
+        self.outcomes[outcome.value] += 1
         return outcome
 
-    def _process(self, d: Delivery) -> str:
+    def _process(self, d: Delivery) -> JobOutcome:
         job = d.job
         attempt = self.ledger.start(job, self.name)
         if attempt is None:  # done already (a duplicate, or a reclaim after the commit)
             self._announce_again(job)
             self.queue.ack(d)
-            return "skipped"
+            return JobOutcome.SKIPPED
         metrics.JOBS.labels("IN_PROGRESS").inc()
         if job.deadline_ms is not None and time.time() * 1000 > job.deadline_ms:
             return self._degrade(d, attempt, "deadline passed before rendering", "deadline")
@@ -375,7 +263,7 @@ class RenderWorker:
                 self.store.discard(staged)  # superseded, covered, lost or failed: not stored
         if commit is None:  # reclaimed by another worker meanwhile: theirs to finish
             self.queue.ack(d)  # only if this worker still owns the entry (see RenderQueue.ack)
-            return "lost"
+            return JobOutcome.LOST
         took = time.perf_counter() - started
         metrics.JOBS.labels("COMPLETED").inc()
         metrics.RENDER_LATENCY.labels(str(job.z)).observe(took)
@@ -385,19 +273,19 @@ class RenderWorker:
         if self.on_committed is not None and not commit.result.startswith("superseded"):
             self.on_committed(job, commit.result)
         self.queue.ack(d)
-        return "completed"
+        return JobOutcome.COMPLETED
 
-    def _degrade(self, d: Delivery, attempt: int, reason: str, code: str) -> str:
+    def _degrade(self, d: Delivery, attempt: int, reason: str, code: str) -> JobOutcome:
         self.invalidator.invalidate(d.job)  # first: a crash before the record repeats it
         if not self.ledger.degraded(d.job, attempt, self.name, reason):
             self.queue.ack(d)  # reclaimed meanwhile: a no-op unless this worker owns the entry
-            return "lost"
+            return JobOutcome.LOST
         metrics.JOBS.labels("DEGRADED").inc()
         metrics.DEGRADED.labels(code).inc()
         if self.on_committed is not None:  # the tile server renders the new data on demand
             self.on_committed(d.job, "invalidated")
         self.queue.ack(d)
-        return "degraded"
+        return JobOutcome.DEGRADED
 
     def _announce_again(self, job: RenderJob) -> None:
         """Broadcast a finished job again: a worker may have died after its commit and
@@ -410,7 +298,7 @@ class RenderWorker:
         if record.state in (JobState.COMPLETED, JobState.DEGRADED):
             self.on_committed(job, record.result)
 
-    def _failed(self, d: Delivery, attempt: int, error: str) -> str:
+    def _failed(self, d: Delivery, attempt: int, error: str) -> JobOutcome:
         log.info("%s: attempt %d of %s failed: %s", self.name, attempt, d.job.tile, error)
         if attempt >= self.config.max_attempts:
             # The new data will not be rendered here: drop the old tile from the caches so
@@ -419,19 +307,19 @@ class RenderWorker:
             result = f"invalidated ({invalidated})" if invalidated else None
             if not self.ledger.dead(d.job, attempt, self.name, error, result):
                 self.queue.ack(d)  # reclaimed meanwhile: a no-op unless this worker owns it
-                return "lost"
+                return JobOutcome.LOST
             log.warning("%s: job %s is dead after %d attempts: %s; %s",
                         self.name, d.job.tile, attempt, error,
                         result or "no tile cache configured to invalidate")  # fmt: skip
             metrics.JOBS.labels("DEAD").inc()
             self.queue.dead_letter(d, error, attempt, invalidated=invalidated)
-            return "dead"
+            return JobOutcome.DEAD
         if not self.ledger.failed(d.job, attempt, self.name, error):
             self.queue.ack(d)
-            return "lost"
+            return JobOutcome.LOST
         metrics.JOBS.labels("FAILED").inc()
         self.queue.retry_later(d, self.config.backoff.delay(attempt))
-        return "retry"
+        return JobOutcome.RETRY
 
     def _reconnect_ledger(self) -> None:
         dsn = self.ledger.dsn

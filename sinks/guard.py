@@ -21,16 +21,11 @@ from typing import Protocol, TypeVar
 
 import orjson
 
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, TileUpdate, clip
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-ENCODE_FAILED = "encode_failed"
-"""An update the sink could not turn into its message (or job)."""
-SINK_REJECTED = "sink_rejected"
-"""An update the destination refused for itself, with an error that is not an outage."""
-SINK_REASONS = frozenset({ENCODE_FAILED, SINK_REJECTED})
 
 
 class DeadLetters(Protocol):
@@ -39,7 +34,7 @@ class DeadLetters(Protocol):
     def write_batch(self, items: list[DeadLetter]) -> None: ...
 
 
-def update_letter(update: TileUpdate, reason: str, error: BaseException | str) -> DeadLetter:
+def update_letter(update: TileUpdate, reason: Reason, error: BaseException | str) -> DeadLetter:
     """The dead letter for a whole update: its tile, version and objects as ``raw``.
 
     The update no longer knows its input records, so ``origin`` names the tile
@@ -74,7 +69,7 @@ def update_letter(update: TileUpdate, reason: str, error: BaseException | str) -
 def each(
     updates: Iterable[TileUpdate],
     convert: Callable[[TileUpdate], T],
-    reason: str = ENCODE_FAILED,
+    reason: Reason = Reason.ENCODE_FAILED,
 ) -> tuple[list[tuple[int, T]], list[DeadLetter]]:
     """``convert`` every update; ``(index, value)`` for those it worked on, letters for the rest."""
     done: list[tuple[int, T]] = []

@@ -15,6 +15,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from sinks import accounting, guard
 from sinks.file import build_dead_letters
 from tilepipe.messages import encode
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, TileUpdate
 from tilepipe.retry import RetryPolicy
 from tilepipe.store import RedisTarget, TileStore
@@ -51,7 +52,7 @@ class RedisBroadcaster(TileStore):
         outcome = self.publish_items([p for _, p in prepared])
         for (i, _), r in zip(prepared, outcome, strict=True):
             if isinstance(r, Exception):
-                dead.append(guard.update_letter(updates[i], guard.SINK_REJECTED, r))
+                dead.append(guard.update_letter(updates[i], Reason.SINK_REJECTED, r))
             else:
                 results[i] = r
         if dead:

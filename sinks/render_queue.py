@@ -25,6 +25,7 @@ from render.jobs import RenderJob
 from render.queue import RenderQueue
 from sinks import accounting, guard
 from sinks.file import build_dead_letters
+from tilepipe.reasons import Reason
 from tilepipe.records import DeadLetter, TileUpdate
 from tilepipe.retry import REDIS_RETRY_ON, RetryPolicy, transient_redis, write_with_retry
 from tilepipe.store import DEFAULT_PREFIX
@@ -80,7 +81,7 @@ class RenderEnqueuer:
                     added += self._add([j])
                 except redis.ResponseError as e:
                     added.append(None)
-                    dead.append(guard.update_letter(updates[i], guard.SINK_REJECTED, e))
+                    dead.append(guard.update_letter(updates[i], Reason.SINK_REJECTED, e))
         for (i, _), a in zip(jobs, added, strict=True):
             if a is not None:
                 results[i] = accounting.PUBLISHED if a else accounting.DUPLICATE

@@ -19,6 +19,7 @@ import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from tilepipe.reasons import Reason
 from tilepipe.repair import RepairOverBudget, make_valid_within
 
 GEOJSON_TYPES = frozenset(
@@ -37,7 +38,7 @@ REPAIR_BUDGET_S = 1.0
 
 
 class GeometryError(ValueError):
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -45,26 +46,29 @@ class GeometryError(ValueError):
 
 def _check_structure(obj: Any, depth: int = 0) -> None:
     if not isinstance(obj, dict):
-        raise GeometryError("invalid_geojson", "geometry must be a GeoJSON object")
+        raise GeometryError(Reason.INVALID_GEOJSON, "geometry must be a GeoJSON object")
     kind = obj.get("type")
     if kind not in GEOJSON_TYPES:
         raise GeometryError(
-            "invalid_geojson",
+            Reason.INVALID_GEOJSON,
             f"geometry type {kind!r} is not a GeoJSON geometry type"
             f" ({', '.join(sorted(GEOJSON_TYPES))})",
         )
     if kind == "GeometryCollection":
         if depth >= MAX_COLLECTION_DEPTH:
             raise GeometryError(
-                "invalid_geojson", f"GeometryCollections nested over {MAX_COLLECTION_DEPTH} deep"
+                Reason.INVALID_GEOJSON,
+                f"GeometryCollections nested over {MAX_COLLECTION_DEPTH} deep",
             )
         members = obj.get("geometries")
         if not isinstance(members, list):
-            raise GeometryError("invalid_geojson", "GeometryCollection needs a 'geometries' list")
+            raise GeometryError(
+                Reason.INVALID_GEOJSON, "GeometryCollection needs a 'geometries' list"
+            )
         for member in members:
             _check_structure(member, depth + 1)
     elif "coordinates" not in obj:
-        raise GeometryError("invalid_geojson", f"{kind} has no 'coordinates'")
+        raise GeometryError(Reason.INVALID_GEOJSON, f"{kind} has no 'coordinates'")
     else:
         _check_nesting(obj["coordinates"], _COORD_DEPTH[kind], kind)
 
@@ -88,13 +92,16 @@ def _check_nesting(value: Any, depth: int, kind: str) -> None:
     while stack:
         v, d = stack.pop()
         if not isinstance(v, list | tuple):
-            raise GeometryError("invalid_geojson", f"{kind} coordinates are not nested correctly")
+            raise GeometryError(
+                Reason.INVALID_GEOJSON, f"{kind} coordinates are not nested correctly"
+            )
         if d == 1:
             if not 2 <= len(v) <= 3 or not all(
                 isinstance(c, int | float) and not isinstance(c, bool) for c in v
             ):
                 raise GeometryError(
-                    "invalid_geojson", f"{kind} positions must be 2 or 3 numbers, got {v!r:.60}"
+                    Reason.INVALID_GEOJSON,
+                    f"{kind} positions must be 2 or 3 numbers, got {v!r:.60}",
                 )
         else:
             stack.extend((item, d - 1) for item in v)
@@ -107,7 +114,7 @@ def from_geojson(obj: Any) -> BaseGeometry:
         return shape(obj)
     except Exception as e:  # shapely raises several types for bad nesting
         raise GeometryError(
-            "invalid_geojson", f"{obj['type']} coordinates are not nested correctly ({e})"
+            Reason.INVALID_GEOJSON, f"{obj['type']} coordinates are not nested correctly ({e})"
         ) from None
 
 
@@ -122,41 +129,41 @@ def check_geometry(
     A repair that takes over ``repair_budget_s`` or whose result has more
     than ``max_vertices`` vertices is refused (``invalid_geometry``)."""
     if geom.is_empty:
-        raise GeometryError("empty_geometry", "geometry is empty")
+        raise GeometryError(Reason.EMPTY_GEOMETRY, "geometry is empty")
     coords = shapely.get_coordinates(geom)
     if len(coords) > max_vertices:
         raise GeometryError(
-            "too_many_vertices",
+            Reason.TOO_MANY_VERTICES,
             f"geometry has {len(coords)} vertices, over the {max_vertices} allowed",
         )
     if not np.isfinite(coords).all():
-        raise GeometryError("invalid_coordinates", "geometry has NaN or infinite coordinates")
+        raise GeometryError(Reason.INVALID_COORDINATES, "geometry has NaN or infinite coordinates")
     lon, lat = coords[:, 0], coords[:, 1]
     if (np.abs(lat) > 90).any() or (np.abs(lon) > 540).any():
         raise GeometryError(
-            "invalid_coordinates",
+            Reason.INVALID_COORDINATES,
             "coordinates out of range: latitudes must be within ±90 and longitudes within ±180"
             " (±540 across the antimeridian); is the geometry in EPSG:4326 lon/lat order?",
         )
     if not geom.is_valid:
         if not repair:
             reason = shapely.is_valid_reason(geom)
-            raise GeometryError("invalid_geometry", f"geometry is invalid: {reason}")
+            raise GeometryError(Reason.INVALID_GEOMETRY, f"geometry is invalid: {reason}")
         reason = shapely.is_valid_reason(geom)
         try:
             geom = make_valid_within(geom, repair_budget_s)
         except (RepairOverBudget, shapely.errors.GEOSException) as e:
             raise GeometryError(
-                "invalid_geometry",
+                Reason.INVALID_GEOMETRY,
                 f"geometry is invalid ({reason:.120}) and could not be repaired within budget"
                 f" ({e}); fix or simplify it at the source",
             ) from None
         if geom.is_empty:
-            raise GeometryError("empty_geometry", "geometry is empty once repaired")
+            raise GeometryError(Reason.EMPTY_GEOMETRY, "geometry is empty once repaired")
         repaired = shapely.get_num_coordinates(geom)
         if repaired > max_vertices:
             raise GeometryError(
-                "invalid_geometry",
+                Reason.INVALID_GEOMETRY,
                 f"geometry is invalid ({reason:.120}) and its repair has {repaired} vertices,"
                 f" over the {max_vertices} allowed; fix or simplify it at the source",
             )

@@ -1,5 +1,5 @@
-"""Prometheus metrics, named per ARCHITECTURE.md (``tilepipe_`` prefix,
-base units, ``_total`` counters, ``_seconds`` histograms).
+"""Prometheus metrics, named the Prometheus way (``tilepipe_`` prefix, base units,
+``_total`` counters, ``_seconds`` histograms); the README's "Metrics" lists them.
 
 No label carries a tile or an H3 cell: label values come from small closed
 sets (outcomes, reason codes, topics and partitions). :class:`Accounting`

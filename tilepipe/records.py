@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any, NamedTuple
 
+from tilepipe.reasons import Reason
 from tilepipe.versions import Version, VersionKey
 
 
@@ -101,7 +102,7 @@ def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 class DeadLetter(NamedTuple):
     """An input record (or, from a sink, a tile update) that cannot be processed, and why."""
 
-    reason: str  # a stable code, e.g. "invalid_json", "tile_out_of_range"
+    reason: Reason  # a stable code (tilepipe/reasons.py), the same in the DLQ and the ingress
     error: str  # a human-readable message
     raw: bytes
     origin: dict[str, Any]

@@ -21,6 +21,24 @@ ORIGIN_SHIFT_M = math.pi * EARTH_RADIUS_M  # half the 3857 world width
 MAX_LATITUDE = 85.0511287798066  # atan(sinh(pi)) in degrees: the square world's edge
 
 
+class TileId(NamedTuple):
+    """One tile of ``WebMercatorQuad``: zoom, column, row (XYZ: row 0 is the northernmost).
+
+    The one name for what travels as ``z, x, y``; it is a tuple, so it unpacks
+    (``tile_key(*tile)``) and compares equal to a plain ``(z, x, y)``.
+    """
+
+    z: int
+    x: int
+    y: int
+
+
+ZXY = tuple[int, int, int]
+"""The plain tuple form of a :class:`TileId`, for bulk lists (a cover lists up to its
+whole budget at once: 234,878 tiles took 16 ms to list as tuples and 71 ms as
+``TileId``, measured; the country cover of ``python -m bench.cover`` takes 160 ms in all)."""
+
+
 class Bounds(NamedTuple):
     """A ``(west, south, east, north)`` box; order as in GeoJSON ``bbox``."""
 
@@ -87,8 +105,8 @@ def quadkey(z: int, x: int, y: int) -> str:
     return digits[-z:]
 
 
-def from_quadkey(qk: str) -> tuple[int, int, int]:
-    """Inverse of :func:`quadkey`: ``(z, x, y)``."""
+def from_quadkey(qk: str) -> TileId:
+    """Inverse of :func:`quadkey`."""
     if qk.strip("0123") != "":
         raise ValueError(f"quadkey {qk!r} has digits other than 0-3")
     x = y = 0
@@ -100,7 +118,7 @@ def from_quadkey(qk: str) -> tuple[int, int, int]:
             x |= mask
         if d & 2:
             y |= mask
-    return z, x, y
+    return TileId(z, x, y)
 
 
 def tile_key(z: int, x: int, y: int) -> str:
@@ -112,12 +130,13 @@ def tile_key(z: int, x: int, y: int) -> str:
     return f"{z}:{quadkey(z, x, y)}"
 
 
-def parse_tile_key(key: str) -> tuple[int, int, int]:
+def parse_tile_key(key: str) -> TileId:
+    """Inverse of :func:`tile_key`."""
     z_text, qk = key.split(":", 1)
-    z, x, y = from_quadkey(qk)
-    if z != int(z_text):
-        raise ValueError(f"tile key {key!r}: zoom {z_text} does not match quadkey length {z}")
-    return z, x, y
+    tile = from_quadkey(qk)
+    if tile.z != int(z_text):
+        raise ValueError(f"tile key {key!r}: zoom {z_text} does not match quadkey length {tile.z}")
+    return tile
 
 
 def bbox_matches(z: int, x: int, y: int, bbox: tuple[float, ...]) -> bool:

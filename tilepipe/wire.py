@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from shapely.geometry.base import BaseGeometry
 
 from tilepipe.geometry import GeometryError, check_geometry, from_geojson
+from tilepipe.reasons import Reason
 from tilepipe.records import clip
 from tilepipe.tiles import MAX_ZOOM, SUPPORTED_TMS, WEB_MERCATOR_QUAD, bbox_matches
 from tilepipe.timeutil import parse_event_time
@@ -74,11 +75,22 @@ def error_message(err: ErrorDetails) -> str:
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
-OWN_REASONS = frozenset(
-    {"invalid_version", "invalid_timestamp", "unsupported_tms", "tile_out_of_range",
-     "bbox_mismatch", "zoom_out_of_range", "invalid_geojson", "empty_geometry",
-     "invalid_coordinates", "too_many_vertices", "invalid_geometry", "too_many_fields"}
-)  # fmt: skip
+OWN_REASONS: frozenset[Reason] = frozenset(
+    {
+        Reason.INVALID_VERSION,
+        Reason.INVALID_TIMESTAMP,
+        Reason.UNSUPPORTED_TMS,
+        Reason.TILE_OUT_OF_RANGE,
+        Reason.BBOX_MISMATCH,
+        Reason.ZOOM_OUT_OF_RANGE,
+        Reason.INVALID_GEOJSON,
+        Reason.EMPTY_GEOMETRY,
+        Reason.INVALID_COORDINATES,
+        Reason.TOO_MANY_VERTICES,
+        Reason.INVALID_GEOMETRY,
+        Reason.TOO_MANY_FIELDS,
+    }
+)
 """Error types raised by these models; they are DLQ reason codes as they are."""
 
 
@@ -103,7 +115,7 @@ class _EventBase(BaseModel):
         try:
             version_key(v)
         except ValueError as e:
-            raise PydanticCustomError("invalid_version", str(e)) from None
+            raise PydanticCustomError(Reason.INVALID_VERSION, str(e)) from None
         return v
 
     @field_validator("ts", mode="before")
@@ -112,7 +124,7 @@ class _EventBase(BaseModel):
         try:
             parse_event_time(v)
         except ValueError as e:
-            raise PydanticCustomError("invalid_timestamp", str(e)) from None
+            raise PydanticCustomError(Reason.INVALID_TIMESTAMP, str(e)) from None
         return v
 
     @field_validator("tms")
@@ -120,7 +132,7 @@ class _EventBase(BaseModel):
     def _check_tms(cls, v: str) -> str:
         if v not in SUPPORTED_TMS:
             raise PydanticCustomError(
-                "unsupported_tms",
+                Reason.UNSUPPORTED_TMS,
                 "tile matrix set {tms} is not supported (supported: {supported})",
                 {"tms": quote(v), "supported": ", ".join(sorted(SUPPORTED_TMS))},
             )
@@ -140,7 +152,7 @@ class TileEventIn(_EventBase):
     def _check_tile(self) -> TileEventIn:
         if not 0 <= self.z <= MAX_ZOOM:
             raise PydanticCustomError(
-                "tile_out_of_range",
+                Reason.TILE_OUT_OF_RANGE,
                 "z={z} is outside 0..{max}",
                 {"z": self.z, "max": MAX_ZOOM, "field": "z"},
             )
@@ -148,13 +160,13 @@ class TileEventIn(_EventBase):
         for name, value in (("x", self.x), ("y", self.y)):
             if not 0 <= value < n:
                 raise PydanticCustomError(
-                    "tile_out_of_range",
+                    Reason.TILE_OUT_OF_RANGE,
                     "{name}={value} is outside 0..{last} at z={z}",
                     {"name": name, "value": value, "last": n - 1, "z": self.z, "field": name},
                 )
         if self.bbox is not None and not bbox_matches(self.z, self.x, self.y, tuple(self.bbox)):
             raise PydanticCustomError(
-                "bbox_mismatch",
+                Reason.BBOX_MISMATCH,
                 "bbox {bbox} does not match the bounds of tile {z}/{x}/{y}",
                 {"bbox": self.bbox, "z": self.z, "x": self.x, "y": self.y, "field": "bbox"},
             )
@@ -210,13 +222,13 @@ class FeatureEventIn(_EventBase):
             value = getattr(self, name)
             if value is not None and value > top:
                 raise PydanticCustomError(
-                    "zoom_out_of_range",
+                    Reason.ZOOM_OUT_OF_RANGE,
                     "{name}={value} is above the configured limit {top}",
                     {"name": name, "value": value, "top": top, "field": name},
                 )
         if self.minzoom is not None and self.maxzoom is not None and self.minzoom > self.maxzoom:
             raise PydanticCustomError(
-                "zoom_out_of_range",
+                Reason.ZOOM_OUT_OF_RANGE,
                 "minzoom {lo} is above maxzoom {hi}",
                 {"lo": self.minzoom, "hi": self.maxzoom, "field": "minzoom"},
             )
@@ -236,14 +248,14 @@ class TelemetryEventIn(_EventBase):
         reading = self.model_extra or {}
         if len(reading) > MAX_READING_FIELDS:
             raise PydanticCustomError(
-                "too_many_fields",
+                Reason.TOO_MANY_FIELDS,
                 "a reading has {n} fields, over the {max} allowed",
                 {"n": len(reading), "max": MAX_READING_FIELDS},
             )
         for name, value in reading.items():
             if len(name) > MAX_READING_NAME_CHARS:
                 raise PydanticCustomError(
-                    "invalid_value",
+                    Reason.INVALID_VALUE,
                     "a reading field's name is {n} characters, over the {max} allowed",
                     {"n": len(name), "max": MAX_READING_NAME_CHARS, "field": name[:64]},
                 )
@@ -253,7 +265,7 @@ class TelemetryEventIn(_EventBase):
                 size = MAX_READING_VALUE_BYTES + 1
             if size > MAX_READING_VALUE_BYTES:
                 raise PydanticCustomError(
-                    "invalid_value",
+                    Reason.INVALID_VALUE,
                     "reading field {name} is over {max} bytes as JSON (or not encodable)",
                     {"name": quote(name), "max": MAX_READING_VALUE_BYTES, "field": name[:64]},
                 )

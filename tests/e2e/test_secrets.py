@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from operators.validate import sign
 from sinks.kafka import KafkaProducerWriter
 from sources.kafka import KafkaTopicSource
 from tests.support.job import tilepipe
 from tests.support.services import free_port
 from tilepipe.connect import redis_client as connect
+from tilepipe.signing import sign
 
 pytestmark = pytest.mark.e2e
 

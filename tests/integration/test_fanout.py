@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from operators.cover import cover_range
 from tests.support.events import dumps, feature_event, telemetry_event
 from tests.support.job import counts, run_to_end
 from tests.support.services import RedisSubscriber
+from tilepipe.cover import cover_range
 from tilepipe.geometry import from_geojson
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,8 @@ import redis
 import websockets
 
 from sinks.redis import RedisBroadcaster, RedisTarget
-from tests.integration.test_dataflow import Job
 from tests.support.gateway import GatewayProcess, LiveClient, SSEClient
+from tests.support.job import Job
 from tests.support.services import KafkaBroker, RedisServer
 from tilepipe.tiles import quadkey, tile_bounds_lonlat
 

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from shapely.geometry import box
 
-from operators.cover import cover_range
 from render.pool import RenderPool
 from render.settings import RenderSettings
 from render.stores import DirectoryStore
 from tests.support.ingress import IngressProcess
 from tests.support.services import RedisSubscriber
 from tilepipe.client import signed_headers
+from tilepipe.cover import cover_range
 from tilepipe.signing import SIGNATURE_HEADER
 
 pytestmark = pytest.mark.integration

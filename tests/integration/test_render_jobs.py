@@ -22,6 +22,7 @@ import redis
 
 from operators.coalesce import update_hash
 from render.announce import CommitAnnouncer
+from render.invalidate import CacheInvalidator, Purger
 from render.jobs import RenderJob
 from render.ledger import JobState, Ledger
 from render.pool import RenderPool
@@ -29,16 +30,10 @@ from render.queue import RenderQueue
 from render.renderers import BuiltinRenderer, CommandRenderer, RenderError
 from render.settings import RenderSettings
 from render.stores import DirectoryStore, MBTilesStore, TileStore, validate_tile
-from render.worker import (
-    Backoff,
-    CacheInvalidator,
-    CircuitBreaker,
-    Purger,
-    RenderWorker,
-    WorkerConfig,
-)
+from render.worker import CircuitBreaker, RenderWorker, WorkerConfig
 from tests.support.tileserver import TileServer
 from tilepipe.records import TileUpdate
+from tilepipe.retry import RetryPolicy
 from tilepipe.store import RedisTarget
 from tilepipe.versions import order_key, version_key
 
@@ -83,7 +78,7 @@ def make_worker(
     purge_url: str | None = None,
     **config: object,
 ) -> RenderWorker:
-    cfg = WorkerConfig(name=name, sla_s=1.0, poll_s=0.05, backoff=Backoff(0.01, 0.05))
+    cfg = WorkerConfig(name=name, sla_s=1.0, poll_s=0.05, backoff=RetryPolicy(0.01, 0.05))
     for k, v in config.items():
         setattr(cfg, k, v)
     return RenderWorker(

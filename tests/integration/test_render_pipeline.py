@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from operators.cover import cover_range
 from tests.support.events import dumps, feature_event, tile_event
 from tests.support.job import counts, run_to_end
 from tests.support.services import free_port
+from tilepipe.cover import cover_range
 from tilepipe.geometry import from_geojson
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""operators.cover: exact tile covers against a brute force, fallbacks, hygiene.
+"""tilepipe.cover: exact tile covers against a brute force, fallbacks, hygiene.
 
 The brute force is deliberately independent of the module: it projects with
 its own function and tests every tile of the (extended, then folded) bounding
@@ -26,7 +26,7 @@ from shapely.geometry import (
     box,
 )
 
-from operators.cover import Cover, cover_count, cover_range, tile_cover
+from tilepipe.cover import Cover, cover_count, cover_range, tile_cover
 from tilepipe.geometry import GeometryError, check_geometry, from_geojson
 from tilepipe.tiles import tile_bounds_lonlat
 

@@ -16,9 +16,9 @@ import pytest
 import shapely
 from shapely.geometry import box
 
-from operators.cover import cover_range
 from operators.enrich import MIN_TILES_PER_EVENT, EnrichConfig, expand, expand_batch
 from operators.validate import ValidationConfig, validate_record
+from tilepipe.cover import cover_range
 from tilepipe.records import FanOutEvent, RawRecord, TileEvent
 from tilepipe.tiles import MAX_LATITUDE
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -19,6 +19,7 @@ from ingress import metrics
 from ingress.app import EVENT_ID_HEADER, INGEST_HEADER, KEY_ID_HEADER, create_app
 from ingress.dedup import DedupWindow, IngestClock
 from ingress.intake import body_kind, split_records
+from ingress.producer import OutRecord
 from ingress.settings import IngressSettings
 from tests.support.events import NOW_MS, dumps, feature_event, tile_event
 from tests.support.fakes import SECRETS, FakeProducer, make_ingress
@@ -543,3 +544,34 @@ def test_settings_mistakes(overrides, message) -> None:
 def test_host_port() -> None:
     assert host_port("0.0.0.0:8080") == ("0.0.0.0", 8080)
     assert host_port("[::]:443") == ("::", 443)
+
+
+# -- one error envelope, mapped by the app's exception handlers ------------------------
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_bug_of_ours_is_one_json_500_counted_like_any_answer(producer) -> None:
+    async def broken(records: Sequence[OutRecord]) -> list[str | None]:
+        raise RuntimeError("a bug")
+
+    producer.send = broken  # type: ignore[method-assign]
+    before = sample("tilepipe_ingress_requests_total", status="500")
+    with TestClient(create_app(make_ingress(producer)), raise_server_exceptions=False) as c:
+        r = post(c, dumps(tile_event()))
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal_error", "message": "unexpected error; see the logs"}
+    assert sample("tilepipe_ingress_requests_total", status="500") == before + 1
+
+
+def test_a_job_request_refused_by_a_handler_is_counted_by_method_and_status(producer) -> None:
+    ingress = make_ingress(producer)
+    ingress.jobs = object()  # type: ignore[assignment]  # only authentication is reached
+    before = sample("tilepipe_ingress_job_requests_total", method="GET", status="401")
+    with TestClient(create_app(ingress)) as c:
+        r = c.get("/v1/jobs/rj_x")  # unsigned
+    assert (r.status_code, r.json()["error"]) == (401, "missing_signature")
+    assert set(r.json()) == {"error", "message"}
+    assert sample("tilepipe_ingress_job_requests_total", method="GET", status="401") == before + 1

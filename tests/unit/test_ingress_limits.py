@@ -121,7 +121,7 @@ def test_a_trickling_body_is_cut_off_at_the_deadline_with_408(live) -> None:
         s.close()
     assert status(raw) == 408, raw[:200]
     assert b'"error":"body_timeout"' in raw
-    assert live.ingress.unverified_bytes == 0  # released with the request
+    assert live.ingress.auth.unverified_bytes == 0  # released with the request
 
 
 def test_unverified_bodies_together_cannot_hold_more_than_the_budget(live) -> None:
@@ -129,8 +129,8 @@ def test_unverified_bodies_together_cannot_hold_more_than_the_budget(live) -> No
     a = slow_request(live.port, 8000, b"a" * 3000)
     try:
         deadline = time.monotonic() + STUCK_S
-        while live.ingress.unverified_bytes < 3000:  # a's bytes are in the server's hands
-            assert time.monotonic() < deadline, live.ingress.unverified_bytes
+        while live.ingress.auth.unverified_bytes < 3000:  # a's bytes are in the server's hands
+            assert time.monotonic() < deadline, live.ingress.auth.unverified_bytes
             time.sleep(0.01)
         b = slow_request(live.port, 8000, b"b" * 3000)
         try:
@@ -142,7 +142,7 @@ def test_unverified_bodies_together_cannot_hold_more_than_the_budget(live) -> No
         assert status(answer(a)) == 408
     finally:
         a.close()
-    assert live.ingress.unverified_bytes == 0
+    assert live.ingress.auth.unverified_bytes == 0
     # A signed request that arrives whole is served as usual.
     r = post(
         live.url, dumps(tile_event(event_id="after")), "application/json", secret=SECRETS["k2027"]
@@ -157,7 +157,7 @@ def test_connections_are_capped_by_default_and_beyond_the_cap_answered_503() -> 
         hold = slow_request(live.port, 8000, b"x" * 10)
         try:
             deadline = time.monotonic() + STUCK_S
-            while live.ingress.unverified_bytes < 10:  # the held request is being served
+            while live.ingress.auth.unverified_bytes < 10:  # the held request is being served
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             r = post(

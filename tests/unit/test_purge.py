@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from render import metrics
+from render.invalidate import CacheInvalidator, Purger
 from render.jobs import RenderJob
 from render.settings import RenderSettings
-from render.worker import CacheInvalidator, Purger
 from tests.support.tileserver import TileServer
 
 JOB = RenderJob("WebMercatorQuad", 14, 8800, 5373, 3)
@@ -51,14 +51,14 @@ def test_each_answer_is_a_hit_a_miss_or_an_error(status: int, result: str) -> No
 def test_a_slow_or_absent_cache_is_an_error_logged_not_raised(caplog) -> None:
     with TileServer(purge_delay_s=1.0) as server:
         slow = Purger(server.url + "/{z}/{x}/{y}.png", timeout_s=0.2, log_every_s=60)
-        with caplog.at_level(logging.WARNING, logger="render.worker"):
+        with caplog.at_level(logging.WARNING, logger="render.invalidate"):
             assert slow.purge(JOB) == "error"
             assert slow.purge(JOB) == "error"  # counted; the second warning is held back
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert Purger(f"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", 1).purge(JOB) == "error"
-    warnings = [r.getMessage() for r in caplog.records if r.name == "render.worker"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "render.invalidate"]
     assert len(warnings) == 2  # one per Purger: the slow one's second error was held back
     assert "PURGE of WebMercatorQuad/14/8800/5373 failed: TimeoutError" in warnings[0]
     assert "Connection refused" in warnings[1]

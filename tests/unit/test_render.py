@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from render.invalidate import CacheInvalidator
 from render.jobs import RenderJob, job_key
 from render.renderers import BuiltinRenderer, CommandRenderer, RenderError, build_renderer
 from render.settings import RenderSettings
 from render.stores import DirectoryStore, InvalidTile, MBTilesStore, build_store, validate_tile
-from render.worker import Backoff, CacheInvalidator, CircuitBreaker
+from render.worker import CircuitBreaker, WorkerConfig
+from tilepipe.retry import RetryPolicy
 
 JOB = RenderJob("WebMercatorQuad", 12, 2200, 1343, "4.2.0", hash="abc")
 
@@ -115,8 +117,11 @@ def test_command_renderer_substitutes_the_tile_and_reads_stdout(tmp_path) -> Non
         slow.render(JOB)
 
 
-def test_backoff_is_capped_full_jitter() -> None:
-    b = Backoff(initial_s=1, max_s=8)
+def test_render_retries_back_off_by_the_one_capped_full_jitter_policy() -> None:
+    default = WorkerConfig(name="w").backoff
+    assert isinstance(default, RetryPolicy)  # the sinks' policy, not a copy of its formula
+    assert (default.initial_s, default.max_s) == (1.0, 300.0)
+    b = RetryPolicy(initial_s=1, max_s=8)
     for attempt in range(1, 10):
         cap = min(8, 2 ** (attempt - 1))
         assert all(0 <= b.delay(attempt) <= cap for _ in range(50))

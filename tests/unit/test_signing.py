@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from dataflows.settings import Settings
 from dataflows.tile_updates import validation_config
 from ingress.settings import IngressSettings
-from operators.validate import ValidationConfig, validate, validate_record
+from operators.steps import validate
+from operators.validate import ValidationConfig, validate_record
 from tilepipe.cli import main
 from tilepipe.config import settings_from_flags
 from tilepipe.errors import ConfigError
@@ -83,7 +84,7 @@ def build(config: ValidationConfig) -> None:
 
 
 def test_the_flow_logs_whether_verification_is_on(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="operators.validate")
+    caplog.set_level(logging.INFO, logger="operators.steps")
     build(ValidationConfig())
     build(ValidationConfig(hmac_secrets={"k2027": NEW.encode()}, signature_max_age_ms=60_000))
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]

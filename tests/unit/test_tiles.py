@@ -14,6 +14,7 @@ from tilepipe.tiles import (
     MAX_ZOOM,
     ORIGIN_SHIFT_M,
     Bounds,
+    TileId,
     bbox_matches,
     from_quadkey,
     parse_tile_key,
@@ -157,6 +158,15 @@ def test_tile_key_round_trip(t: tuple[int, int, int]) -> None:
     key = tile_key(*t)
     assert key.startswith(f"{t[0]}:")
     assert parse_tile_key(key) == t
+
+
+def test_parsed_tiles_are_tile_ids_by_name() -> None:
+    tile = parse_tile_key(tile_key(14, 8800, 5373))
+    assert isinstance(tile, TileId)
+    assert (tile.z, tile.x, tile.y) == (14, 8800, 5373)
+    assert tile == (14, 8800, 5373)  # still a tuple: unpacks and compares as one
+    assert from_quadkey(quadkey(*tile)) == tile
+    assert tile_bounds_lonlat(*tile) == tile_bounds_lonlat(14, 8800, 5373)
 
 
 @given(tiles(max_zoom=MAX_ZOOM - 1))

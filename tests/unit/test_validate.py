@@ -12,16 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import operators.validate as validate_mod
-from operators.validate import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    ValidationConfig,
-    sign,
-    signature_valid,
-    validate_batch,
-    validate_record,
-)
+from operators.validate import ValidationConfig, validate_batch, validate_record
 from tilepipe.records import DeadLetter, RawRecord, TileEvent
+from tilepipe.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signature_valid
 from tilepipe.tiles import MAX_ZOOM, tile_bounds_lonlat, tile_key
 
 NOW = 1_800_000_000_000.0  # receive time, 2027-01-15T08:00:00Z
