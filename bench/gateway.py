@@ -46,9 +46,9 @@ import orjson
 import redis.asyncio as aioredis
 import websockets
 
-from sinks.redis import CAS_PUBLISH_LUA
 from tests.support.gateway import GatewayProcess
 from tests.support.services import start_redis
+from tilepipe.store import CAS_PUBLISH_LUA, RedisTarget, script_call
 from tilepipe.tiles import quadkey, tile_bounds_lonlat
 
 Tile = tuple[int, int, int]
@@ -75,13 +75,12 @@ class Publisher:
     def __init__(self, url: str, channel: str, prefix: str) -> None:
         self.r = aioredis.Redis.from_url(url)
         self.script = self.r.register_script(CAS_PUBLISH_LUA)
-        self.channel, self.prefix = channel, prefix
+        self.target = RedisTarget(url, channel=channel, prefix=prefix)
         self.version: dict[Tile, int] = {}
         self.sent = 0
 
     async def publish(self, tiles: list[Tile]) -> None:
-        keys: list[str] = []
-        args: list[Any] = [self.channel, "publish", 1024]
+        items = []
         now = time.time()
         for t in tiles:
             v = self.version[t] = self.version.get(t, 0) + 1
@@ -90,9 +89,9 @@ class Publisher:
                    "version": v, "hash": f"{x}.{y}.{v}", "bbox": list(tile_bounds_lonlat(z, x, y)),
                    "ts": "2026-12-01T00:00:00.000Z", "quadkey": quadkey(z, x, y), "events": 1,
                    "coverage": "tile", "sent": now}  # fmt: skip
-            keys.append(f"{self.prefix}:tile:WebMercatorQuad:{z}:{x}:{y}")
-            args += [1, "tile", f"{v:012d}", orjson.dumps(msg)]
-        keys.append(f"{self.prefix}:stats")
+            key = self.target.key_of("WebMercatorQuad", z, x, y)
+            items.append((key, [("tile", f"{v:012d}")], orjson.dumps(msg), 0))
+        keys, args = script_call(self.target, items, f"bench{self.sent}")
         await self.script(keys=keys, args=args)
         self.sent += len(tiles)
 

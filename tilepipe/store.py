@@ -186,6 +186,27 @@ Item = tuple[str, list[tuple[str, str]], bytes, int]
 """What one script call takes per update: tile key, objects, message, TTL seconds."""
 
 
+def script_call(
+    target: RedisTarget, items: list[Item], call: str, first: int = 0
+) -> tuple[list[str], list[bytes | str | int]]:
+    """The keys and arguments of one :data:`CAS_PUBLISH_LUA` call for ``items``.
+
+    Each update's write token is ``call`` (unique per publish) and its index, so an update
+    an earlier try wrote is recognised on a retry. Public for clients of the script that
+    bring their own Redis client (the gateway benchmark publishes through redis.asyncio).
+    """
+    keys = [key for key, _, _, _ in items]
+    keys.append(target.stats_key)
+    args: list[bytes | str | int] = [target.channel, target.mode, target.max_objects_per_tile]
+    for n, (_, objects, msg, ttl) in enumerate(items):
+        args.append(len(objects))
+        for obj, order in objects:
+            args.append(obj)
+            args.append(order)
+        args += [msg, f"{call}.{first + n}", ttl]
+    return keys, args
+
+
 class TileStore:
     """The compare-and-set store and publisher, with no Bytewax and no accounting."""
 
@@ -225,7 +246,7 @@ class TileStore:
         call = secrets.token_hex(8)
         size = self.target.chunk
         chunks = {
-            start: self._call_args(items[start : start + size], call, start)
+            start: script_call(self.target, items[start : start + size], call, start)
             for start in range(0, len(items), size)
         }
         done: dict[int, list[Any]] = {}
@@ -246,7 +267,7 @@ class TileStore:
                         transient = reply
                     elif len(chunks[start][0]) > 2:  # several updates: find the one refused
                         for j in range(start, start + len(chunks[start][0]) - 1):
-                            chunks[j] = self._call_args(items[j : j + 1], call, j)
+                            chunks[j] = script_call(self.target, items[j : j + 1], call, j)
                     else:
                         done[start] = [reply]
                 if transient is not None:
@@ -257,23 +278,6 @@ class TileStore:
         for start in sorted(done):
             out.extend(done[start])
         return out
-
-    def _call_args(
-        self, items: list[Item], call: str, first: int
-    ) -> tuple[list[str], list[bytes | str | int]]:
-        """One script call; each update's write token is the call's id and its index."""
-        keys = [key for key, _, _, _ in items]
-        keys.append(self.target.stats_key)
-        args: list[bytes | str | int] = [
-            self.target.channel, self.target.mode, self.target.max_objects_per_tile
-        ]  # fmt: skip
-        for n, (_, objects, msg, ttl) in enumerate(items):
-            args.append(len(objects))
-            for obj, order in objects:
-                args.append(obj)
-                args.append(order)
-            args += [msg, f"{call}.{first + n}", ttl]
-        return keys, args
 
     def close(self) -> None:
         self.client.close()

@@ -226,7 +226,7 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
         gateway.wait_ready()
         # A map client showing the fed tiles, so the gateway row has deliveries to show.
         client = connect(gateway.ws_url, compression=None)
-        client.send(json.dumps({"type": "track", "tiles": [f"15/{x}/10000" for x in range(12)]}))
+        client.send(json.dumps({"type": "track", "tiles": [f"12/{x}/7" for x in range(12)]}))
         while json.loads(client.recv(timeout=10))["type"] != "live":
             pass
         prom = Prometheus(
