@@ -7,18 +7,11 @@ Label values come from closed sets: HTTP status codes, reason codes, key ids.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
-REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
+from tilepipe.metrics import service_registry
+
+REGISTRY = service_registry()
 
 # 1 ms .. 10 s: acks on loopback take milliseconds, an outage takes produce_timeout.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -12,8 +12,27 @@ import bisect
 import threading
 from collections.abc import Iterable
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+
+def service_registry() -> CollectorRegistry:
+    """A registry of a service's own (the ingress, the gateway, the tile server), with the
+    process collectors, so its ``/metrics`` shows what it does and not the dataflow's
+    metrics at zero."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
 
 # 5 ms .. 60 s, roughly x2 per bucket: resolves sub-second sync and outages alike.
 LATENCY_BUCKETS = (

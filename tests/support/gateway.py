@@ -19,122 +19,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import websockets
 
-from tests.support.services import free_port
-
-STARTUP_TIMEOUT = 30.0
+from tests.support.process import ServiceProcess
 
 
-class GatewayProcess:
+class GatewayProcess(ServiceProcess):
     """``python -m tilepipe gateway`` with its log lines in a file."""
+
+    command = "gateway"
 
     def __init__(
         self, redis: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
     ) -> None:
         self.redis = redis
-        self.env = env or {}
-        self.args = args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            ("--redis", redis, *args), env={"TILEPIPE_GATEWAY_KEEPALIVE": "2s", **(env or {})}
+        )
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/live"
-        fd, log = tempfile.mkstemp(prefix="gateway-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(log)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "tilepipe", "gateway", "--listen", f"127.0.0.1:{self.port}",
-               "--redis", self.redis, *self.args]  # fmt: skip
-        with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env={**os.environ, "TILEPIPE_GATEWAY_KEEPALIVE": "2s", **self.env},
-            )  # fmt: skip
-
-    def __enter__(self) -> GatewayProcess:
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as e:
-            return int(e.code)
-
-    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Until ``/readyz`` answers 200: listening and subscribed to Redis."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if self.status("/readyz") == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready within {timeout:g}s:\n{self.log()}")
-            time.sleep(0.05)
-
-    def metric(self, name: str, **labels: str) -> float:
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        prefix = f"{name}{{{want}}} " if labels else f"{name} "
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(prefix):
-                    return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no goodbye to the clients."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-        self.wait_ready()
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM and the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
 
 
 def unpack(frame: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The HTTP ingress does not load Bytewax.
+"""The HTTP services (the ingress, the gateway) do not load Bytewax.
 
 It runs the dataflow's own checks (:func:`operators.validate.validate_record`)
 but not the dataflow: the Bytewax steps live in :mod:`operators.steps`, so a
@@ -17,8 +17,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("module", ["ingress.app", "ingress.intake", "operators.validate",
-                                    "operators.enrich", "tilepipe.cover"])  # fmt: skip
+SERVICES = ["ingress.app", "ingress.intake", "gateway.app", "gateway.server",
+            "operators.validate", "operators.enrich", "tilepipe.cover"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", SERVICES)
 def test_importing_it_does_not_load_bytewax(module: str) -> None:
     code = f"import {module}, sys; assert 'bytewax' not in sys.modules, 'bytewax was loaded'"
     done = subprocess.run(
