@@ -191,6 +191,39 @@ def _render_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+TILES_EXAMPLES = """\
+examples:
+  TILEPIPE_RENDER_LEDGER=postgresql://postgres@127.0.0.1/tilepipe \\
+      tilepipe tiles --store dir:/srv/tiles --listen 0.0.0.0:8091
+  tilepipe tiles --store mbtiles:tiles.mbtiles --request-log /var/log/tilepipe/tiles.jsonl
+
+GET /{z}/{x}/{y}.png?v=VERSION&h=HASH (the release a tile_updated message named) is
+immutable (max-age one year) once the ledger says the store has it; a bare URL is no-cache
+with an ETag (304 on If-None-Match); a release the store does not have yet is no-store.
+Other settings are TILEPIPE_TILES_* variables (e.g. TILEPIPE_TILES_CORS_ORIGINS=*).
+"""
+
+
+def _tiles_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "tiles",
+        help="serve the render store's tiles, versioned URLs cacheable forever",
+        description="Serve tiles from the render store with a cache contract for live maps: "
+        "versioned URLs immutable, bare URLs revalidated by ETag.",
+        epilog=TILES_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", help="HOST:PORT to serve on [127.0.0.1:8091]")
+    p.add_argument("--store", help="dir:PATH | mbtiles:PATH: the render workers' store"
+                   " [dir:./tiles]")  # fmt: skip
+    p.add_argument("--format", help="png | jpg | webp | mvt | pbf [png]")
+    p.add_argument("--ledger", help="PostgreSQL DSN of the render ledger (prefer the env"
+                   " variable when it holds a password)")  # fmt: skip
+    p.add_argument("--request-log", help="append one JSON line per tile request to this file")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO]")
+    return p
+
+
 _SETTING_FLAGS = (
     "source", "sink", "dlq", "render_queue", "kafka_start", "kafka_exit_at_end", "workers",
     "recovery_dir", "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
@@ -207,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "  tilepipe run --source kafka://127.0.0.1:9092/tile-events --sink redis://127.0.0.1:6379/0\n"
         "  tilepipe ingress --listen 0.0.0.0:8080 --sink kafka://127.0.0.1:9092/tile-events\n"
         "  tilepipe render-worker --store dir:/srv/tiles --ledger postgresql://postgres@db/tiles\n"
+        "  tilepipe tiles --store dir:/srv/tiles --listen 0.0.0.0:8091\n"
         "\nRun 'tilepipe COMMAND --help' for a command's options and more examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -216,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     _ingress_parser(sub)
     _send_parser(sub)
     _render_parser(sub)
+    _tiles_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process gets
     if args.command is None:
@@ -234,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             return send_command(args)
         if args.command == "render-worker":
             return render_worker(args)
+        if args.command == "tiles":
+            from tiles.server import tiles_command
+
+            return tiles_command(args)
     except UserError as e:
         print(f"tilepipe {args.command}: {e}", file=sys.stderr)
         return 2
