@@ -224,6 +224,41 @@ def _tiles_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+DEMO_EXAMPLES = """\
+examples:
+  npm ci --prefix clients/js && tilepipe demo      # then open the URL it prints
+  tilepipe demo --rate 20 --tiles 100              # busier: 20 updates/s over 10x10 tiles
+  TILEPIPE_RENDER_LEDGER=postgresql://postgres@db/postgres tilepipe demo --redis redis://127.0.0.1:6379/0
+
+Starts, on this machine: a private redis-server (unless --redis), a throwaway database for
+the render ledger on TILEPIPE_RENDER_LEDGER's server (else 127.0.0.1:5432), a render
+worker with the builtin renderer (it draws each tile's version), the tile server (which
+also serves the page and the npm packages: no CDN), the gateway, and the dataflow reading
+the built-in generator into the render queue. Ctrl-C stops all of it and drops the database.
+"""
+
+
+def _demo_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline locally and print the URL of a live map",
+        description="Everything on this machine, ending in a MapLibre map whose tiles change "
+        "as updates flow, with a panel of live status, updates/s and the last updates.",
+        epilog=DEMO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on [127.0.0.1]")
+    p.add_argument("--port", type=int, default=8091, help="the page and tiles [8091]")
+    p.add_argument("--gateway-port", type=int, default=8090, help="the gateway [8090]")
+    p.add_argument("--redis", help="use this Redis (redis://HOST:PORT/DB) instead of a private one")
+    p.add_argument("--rate", type=float, default=4.0, help="updates per second [4]")
+    p.add_argument("--tiles", type=int, default=64, help="tiles in the block that changes [64]")
+    p.add_argument("--zoom", type=int, default=14, help="the tiles' zoom [14]")
+    p.add_argument("--lon", type=float, default=13.405, help="centre longitude [13.405, Berlin]")
+    p.add_argument("--lat", type=float, default=52.52, help="centre latitude [52.52]")
+    return p
+
+
 _SETTING_FLAGS = (
     "source", "sink", "dlq", "render_queue", "kafka_start", "kafka_exit_at_end", "workers",
     "recovery_dir", "snapshot_interval", "metrics_port", "log_level", "process_id", "addresses",
@@ -251,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     _send_parser(sub)
     _render_parser(sub)
     _tiles_parser(sub)
+    _demo_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process gets
     if args.command is None:
@@ -269,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             return send_command(args)
         if args.command == "render-worker":
             return render_worker(args)
+        if args.command == "demo":
+            from demo.run import demo_command
+
+            return demo_command(args)
         if args.command == "tiles":
             from tiles.server import tiles_command
 

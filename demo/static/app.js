@@ -1,0 +1,62 @@
+// The demo page: a MapLibre map over the generator's tile block, kept fresh by @tilepipe/live.
+// Everything is served by `tilepipe tiles` from the installed npm packages: no CDN.
+import * as maplibregl from '/node_modules/maplibre-gl/dist/maplibre-gl.mjs';
+import { createTileLive, syncMapLibre } from '/live/index.js';
+
+const params = new URLSearchParams(location.search);
+const zoom = Number(params.get('zoom') ?? 14);
+const center = [Number(params.get('lon') ?? 13.405), Number(params.get('lat') ?? 52.52)];
+
+const map = new maplibregl.Map({
+  container: 'map',
+  style: {
+    version: 8,
+    sources: {
+      tiles: { type: 'raster', tiles: [`${location.origin}/{z}/{x}/{y}.png`], tileSize: 256, minzoom: zoom, maxzoom: zoom },
+    },
+    layers: [
+      { id: 'background', type: 'background', paint: { 'background-color': '#e8e4da' } },
+      { id: 'tiles', type: 'raster', source: 'tiles', paint: { 'raster-fade-duration': 0 } },
+    ],
+  },
+  center,
+  zoom: Number(params.get('mapzoom') ?? zoom - 1),
+  minZoom: zoom - 1.45,
+  attributionControl: false,
+});
+
+// The two lines a MapLibre app adds:
+const live = createTileLive({ url: params.get('gateway') ?? `http://${location.hostname}:8090` });
+const sync = syncMapLibre(map, live, { source: 'tiles' });
+
+const $ = (id) => document.getElementById(id);
+const times = [];
+const last = [];
+let count = 0;
+live.on('status', (s) => {
+  $('status').textContent = s;
+  $('status').className = s;
+  document.body.dataset.status = s;
+});
+live.on('update', (u) => {
+  count++;
+  times.push(performance.now());
+  last.unshift({ text: `${u.key}  v${u.version}`, at: new Date().toISOString().slice(11, 23) });
+  last.length = Math.min(last.length, 8);
+  render();
+});
+function render() {
+  const now = performance.now();
+  while (times.length && now - times[0] > 5000) times.shift();
+  $('rate').textContent = (times.length / 5).toFixed(1);
+  $('count').textContent = String(count);
+  $('refreshed').textContent = String(sync.stats.tilesRefreshed + sync.stats.fullRefreshes);
+  $('last').innerHTML = last.map((l, i) => `<li class="${i === 0 ? 'fresh' : ''}">${l.at}  ${l.text}</li>`).join('');
+}
+setInterval(render, 500);
+
+const errors = [];
+map.on('error', (e) => errors.push(String(e.error?.message ?? e.error ?? e)));
+map.on('load', () => (document.body.dataset.loaded = 'true'));
+// For the browser tests and the curious: window.tilepipeDemo in the console.
+window.tilepipeDemo = { map, live, sync, errors };
