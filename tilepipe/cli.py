@@ -224,6 +224,36 @@ def _tiles_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+GATEWAY_EXAMPLES = """\
+examples:
+  tilepipe gateway --redis 'redis://127.0.0.1:6379/0?channel=tilepipe:tile_updated'
+  TILEPIPE_GATEWAY_JWT_SECRET=s3cret TILEPIPE_GATEWAY_ALLOWED_ORIGINS=https://maps.example.org \\
+      tilepipe gateway --listen 0.0.0.0:8090
+
+Browsers connect to ws://HOST:PORT/v1/live (JSON frames: track, untrack, area, ping) or
+GET /v1/sse?tiles=14/8805/5376@3,...&bbox=w,s,e,n&minzoom=12&maxzoom=14, and hear each
+tile_updated message exactly as the dataflow published it. /healthz, /readyz, /metrics.
+Other settings are TILEPIPE_GATEWAY_* variables (e.g. TILEPIPE_GATEWAY_SLOW_TIMEOUT=10s).
+"""
+
+
+def _gateway_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "gateway",
+        help="push tile_updated to browsers over WebSocket and SSE",
+        description="Subscribe to the dataflow's Redis channel once and push each tile_updated "
+        "to the browsers that show that tile, resuming from the per-tile state on reconnect.",
+        epilog=GATEWAY_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", help="HOST:PORT to serve on [127.0.0.1:8090]")
+    p.add_argument("--redis", help="the sink's redis://HOST:PORT/DB?channel=NAME&prefix=P")
+    p.add_argument("--max-connections", type=int, help="sessions per process [20000]")
+    p.add_argument("--max-tiles", type=int, help="tiles one session may track [512]")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO]")
+    return p
+
+
 DEMO_EXAMPLES = """\
 examples:
   npm ci --prefix clients/js && tilepipe demo      # then open the URL it prints
@@ -276,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         "  tilepipe ingress --listen 0.0.0.0:8080 --sink kafka://127.0.0.1:9092/tile-events\n"
         "  tilepipe render-worker --store dir:/srv/tiles --ledger postgresql://postgres@db/tiles\n"
         "  tilepipe tiles --store dir:/srv/tiles --listen 0.0.0.0:8091\n"
+        "  tilepipe gateway --listen 0.0.0.0:8090 --redis redis://127.0.0.1:6379/0\n"
+        "  tilepipe demo                      # everything locally, ending in a live map\n"
         "\nRun 'tilepipe COMMAND --help' for a command's options and more examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -287,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     _render_parser(sub)
     _tiles_parser(sub)
     _demo_parser(sub)
+    _gateway_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process gets
     if args.command is None:
@@ -313,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             from tiles.server import tiles_command
 
             return tiles_command(args)
+        if args.command == "gateway":
+            from gateway.server import gateway_command
+
+            return gateway_command(args)
     except UserError as e:
         print(f"tilepipe {args.command}: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,1 @@
+"""``tilepipe gateway``: the last mile, from Redis pub/sub to browsers over WebSocket and SSE."""
