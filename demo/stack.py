@@ -67,6 +67,8 @@ class StackConfig:
     run_dir: Path | None = None
     js_dir: Path = JS_DIR
     worker_threads: int = 2
+    extra_static: list[str] = field(default_factory=list)
+    """More ``PREFIX=DIRECTORY`` folders for the tile server to serve (test pages)."""
 
 
 @dataclass
@@ -173,7 +175,8 @@ class Stack:
 
     def start_tiles(self) -> None:
         static = [f"demo={STATIC}", f"live={self.config.js_dir / 'src'}",
-                  f"node_modules={self.config.js_dir / 'node_modules'}"]  # fmt: skip
+                  f"node_modules={self.config.js_dir / 'node_modules'}",
+                  *self.config.extra_static]  # fmt: skip
         env = {"TILEPIPE_TILES_LEDGER": self.ledger_dsn,
                "TILEPIPE_TILES_STATIC": json.dumps(static)}  # fmt: skip
         self._tilepipe("tiles", ["tiles", "--listen", f"{self.config.host}:{self.tiles_port}",

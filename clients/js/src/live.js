@@ -88,6 +88,7 @@ export class TileLive {
     this.wsFailures = 0;
     this.useSse = transport === 'sse' || (transport === 'auto' && !WS);
     this.listeners = new Map();
+    this.syncWaiters = new Set();
     this.closed = false;
     this.conn = null;
     this.timer = null;
@@ -144,6 +145,40 @@ export class TileLive {
     });
   }
 
+  /**
+   * Resolves once every tile asked for so far has had its stored state sent (the gateway
+   * answers each track and untrack with a `live` frame), or after `timeout` ms; resolves to
+   * whether it got there. Unlike whenLive, it waits for tiles tracked after going live.
+   */
+  whenSynced(timeout = Infinity) {
+    if (this.synced()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiter = { resolve, timer: null };
+      if (Number.isFinite(timeout)) {
+        waiter.timer = setTimeout(() => {
+          this.syncWaiters.delete(waiter);
+          resolve(false);
+        }, timeout);
+      }
+      this.syncWaiters.add(waiter);
+    });
+  }
+
+  synced() {
+    const c = this.conn;
+    return Boolean(c?.ready && c.caughtUp && c.awaiting === 0 && this.tracked.size === this.wanted.size &&
+      [...this.wanted].every((k) => this.tracked.has(k)));
+  }
+
+  settle() {
+    if (!this.synced()) return;
+    for (const w of this.syncWaiters) {
+      clearTimeout(w.timer);
+      w.resolve(true);
+    }
+    this.syncWaiters.clear();
+  }
+
   /** Stop: close the connection and cancel any reconnect. */
   close() {
     this.closed = true;
@@ -187,9 +222,13 @@ export class TileLive {
       case 'hello':
         return this.hello(msg);
       case 'live':
-        if (this.conn) this.conn.caughtUp = true;
+        if (this.conn) {
+          this.conn.caughtUp = true;
+          this.conn.awaiting = Math.max(0, this.conn.awaiting - 1);
+        }
         this.attempt = 0;
-        return this.setStatus('live');
+        this.setStatus('live');
+        return this.settle();
       case 'resync':
         this.setStatus('resyncing');
         if (msg.reason === 'session_lost' && this.conn?.ready) this.retrackAll();
@@ -235,6 +274,7 @@ export class TileLive {
       this.attempt = 0;
       this.setStatus('live');
       this.sync();
+      this.settle();
       return;
     }
     this.retrackAll();
@@ -247,6 +287,7 @@ export class TileLive {
       this.conn.caughtUp = true;
       this.attempt = 0;
       this.setStatus('live');
+      this.settle();
       return;
     }
     this.sync();
@@ -265,6 +306,7 @@ export class TileLive {
       frames.push(frame);
     }
     this.tracked = new Set(this.wanted);
+    this.conn.awaiting += frames.length; // each is answered by a `live` frame
     this.conn.send(frames);
   }
 
@@ -280,21 +322,41 @@ export class TileLive {
   lost(conn, { opened }) {
     if (this.conn !== conn || this.closed) return;
     this.conn = null;
-    if (!conn.kind.startsWith('sse') && !opened && this.transport === 'auto') {
-      this.wsFailures++;
-      if (this.wsFailures >= 2 && this.ES) this.useSse = true; // a proxy that blocks WebSocket
-    }
     this.setStatus('offline');
     const delay = backoffDelay(this.attempt, this.backoff, this.random);
     this.attempt = Math.min(this.attempt + 1, 30);
     this.lastDelay = delay;
     this.stats.reconnects++;
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.connect(), delay);
+    const retry = () => {
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.connect(), delay);
+    };
+    if (conn.kind === 'websocket' && !opened && this.transport === 'auto' && this.ES) {
+      // A WebSocket that never opens is either a gateway that is down (stay, and retry) or
+      // a proxy that refuses upgrades while plain HTTP gets through (then SSE). Ask plain
+      // HTTP: an opaque answer (no-cors) means the gateway is there.
+      this.probe().then((answers) => {
+        if (answers && ++this.wsFailures >= 2) this.useSse = true;
+        if (!this.closed && this.conn === null) retry();
+      });
+      return;
+    }
+    retry();
+  }
+
+  async probe() {
+    if (!this.fetch) return false;
+    try {
+      await this.fetch(`${this.httpUrl}/healthz`, { mode: 'no-cors', cache: 'no-store' });
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   openWs() {
-    const conn = { kind: 'websocket', ready: false, caughtUp: false, bye: null };
+    const conn = { kind: 'websocket', ready: false, caughtUp: false, awaiting: 0, bye: null };
     let ws;
     try {
       ws = new this.WS(this.wsUrl);
@@ -359,7 +421,7 @@ export class TileLive {
   }
 
   openSse() {
-    const conn = { kind: 'sse', ready: false, caughtUp: false, bye: null };
+    const conn = { kind: 'sse', ready: false, caughtUp: false, awaiting: 0, bye: null };
     const params = new URLSearchParams();
     if (this.layers) params.set('layers', this.layers.join(','));
     const qs = params.toString();

@@ -24,6 +24,8 @@
 // - MapLibre 6 awaits an async request transform, so the first tiles wait (at most
 //   `waitForLive` ms) for the gateway's stored versions and are requested once, versioned.
 //   On 5.x the first tiles go out bare and are refetched once if their version then arrives.
+//   The tracked set is first sent when the source exists (its tile size and zooms decide
+//   which tiles are in view), at the latest with the first tile request.
 
 import { tilesForBounds, tileKey } from './tiles.js';
 import { releaseToken, tileUrlMatcher, versionedUrl } from './urls.js';
@@ -62,7 +64,8 @@ export function syncMapLibre(map, live, options) {
   /** dirty keys whose refresh found no tile in view; retried after the next move */
   const parked = new Set();
   const stats = { refreshCalls: 0, tilesRefreshed: 0, fullRefreshes: 0, requests: 0, deferred: 0 };
-  let firstLive = canWait ? live.whenLive(waitForLive) : null;
+  let firstLive = canWait ? undefined : null; // a promise once the first tile is asked for
+  let followed = false;
   let frame = null;
   let stopped = false;
 
@@ -102,8 +105,13 @@ export function syncMapLibre(map, live, options) {
     const id = tileOf(url);
     if (!id) return base;
     const key = tileKey(...id);
+    if (!followed) follow(); // the source exists now: track the view before the first tile
     const finish = (b) => stamp(b ?? { url }, key);
     if (base && typeof base.then === 'function') return base.then(finish);
+    if (firstLive === undefined) {
+      firstLive = live.whenSynced(waitForLive);
+      firstLive.then(() => (firstLive = null));
+    }
     if (firstLive) {
       // MapLibre 6: hold the first tiles until the stored versions are in (or the wait ends).
       stats.deferred++;
@@ -111,7 +119,6 @@ export function syncMapLibre(map, live, options) {
     }
     return finish(base);
   }
-  if (firstLive) firstLive.then(() => (firstLive = null));
   map.setTransformRequest(transform);
 
   function sourceZoom() {
@@ -129,6 +136,8 @@ export function syncMapLibre(map, live, options) {
   }
 
   function follow() {
+    if (!map.getSource(source)) return; // its tile size and zooms are not known yet
+    followed = true;
     live.setTiles(tilesForBounds(bounds(), sourceZoom(), { margin, limit: maxTiles }));
   }
 
@@ -144,14 +153,17 @@ export function syncMapLibre(map, live, options) {
     frame = null;
     if (stopped || dirty.size === 0) return;
     const now = Date.now();
+    const quiet = isLoaded();
     for (const [key, entry] of inflight) {
-      if (!entry.sent && now - entry.since >= 100) {
+      if (entry.sent && quiet) {
+        inflight.delete(key); // ended without an event: MapLibre fires none for a 404
+      } else if (!entry.sent && now - entry.since >= 100) {
         // The refresh sent no request: MapLibre has no such tile in view (an edge tile, or
         // another zoom on a pitched map). Try again after the next move, not every frame.
         inflight.delete(key);
         parked.add(key);
       } else if (now - entry.since > loadTimeout) {
-        inflight.delete(key); // no answer event (MapLibre fires none for a 404)
+        inflight.delete(key);
       }
     }
     const visible = new Set(tilesForBounds(bounds(), sourceZoom()));
@@ -189,6 +201,14 @@ export function syncMapLibre(map, live, options) {
     if (due.length > batch.length) schedule();
   }
 
+  function isLoaded() {
+    try {
+      return map.isSourceLoaded(source);
+    } catch {
+      return false;
+    }
+  }
+
   function settled(tile) {
     const c = tile?.tileID?.canonical;
     if (!c) return;
@@ -204,7 +224,9 @@ export function syncMapLibre(map, live, options) {
     schedule();
   });
   const onData = (e) => {
-    if (e.sourceId === source && e.tile) settled(e.tile);
+    if (e.sourceId !== source) return;
+    if (e.tile) settled(e.tile);
+    else if (!followed) follow();
   };
   const onMoveEnd = () => {
     parked.clear();
@@ -213,7 +235,11 @@ export function syncMapLibre(map, live, options) {
   };
   map.on('data', onData);
   map.on('error', onData);
+  const onIdle = () => {
+    if (dirty.size) schedule(); // a load that ended with a 404 fires no event of its own
+  };
   map.on('moveend', onMoveEnd);
+  map.on('idle', onIdle);
   follow();
 
   return {
@@ -226,6 +252,7 @@ export function syncMapLibre(map, live, options) {
       map.off('data', onData);
       map.off('error', onData);
       map.off('moveend', onMoveEnd);
+      map.off('idle', onIdle);
       map.setTransformRequest(previous ?? ((url) => ({ url })));
     },
   };

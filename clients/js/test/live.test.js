@@ -153,3 +153,30 @@ test('error frames are reported, not thrown', async (t) => {
   await until(() => seen.errors.length === 1, 'an error event');
   assert.equal(seen.errors[0].code, 'too_many_tiles');
 });
+
+test('a gateway that is down is retried over WebSocket, not mistaken for a proxy that blocks it', async (t) => {
+  const gw = await startGateway();
+  const url = gw.url;
+  await gw.close(); // nothing listens there now
+  const live = createTileLive({ url, WebSocket, EventSource: NodeEventSource, heartbeat: 0, random: () => 0, backoff: { initial: 1, max: 5 } });
+  t.after(() => live.close());
+  await until(() => live.stats.reconnects >= 4, 'four failed attempts');
+  assert.equal(live.useSse, false);
+  assert.equal(live.status, 'offline');
+});
+
+test('whenSynced waits for the stored state of tiles tracked after going live', async (t) => {
+  const gw = await startGateway();
+  const { live } = client(gw);
+  t.after(() => (live.close(), gw.close()));
+  await until(() => live.status === 'live', 'live');
+  live.setTiles(['4/8/5']);
+  let synced = false;
+  live.whenSynced().then(() => (synced = true));
+  await gw.next('track');
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(synced, false, 'not before the state of 4/8/5 is in');
+  gw.send({ type: 'live' });
+  await until(() => synced, 'synced');
+  assert.equal(await live.whenSynced(10), true);
+});
