@@ -43,6 +43,11 @@ export function syncLeaflet(map, layer, live, options = {}) {
     return versionedUrl(url, have, { versionParam, hashParam });
   };
 
+  // Tiles the layer made before it was synced were fetched with their bare URLs.
+  for (const tile of Object.values(layer._tiles ?? {})) {
+    requested.set(keyOf(layer._wrapCoords(tile.coords)), '');
+  }
+
   function held(key) {
     for (const tile of Object.values(layer._tiles ?? {})) {
       const coords = layer._wrapCoords(tile.coords);
@@ -85,8 +90,8 @@ export function syncLeaflet(map, layer, live, options = {}) {
   }
 
   const offUpdate = live.on('update', (u) => {
-    if (!requested.has(u.key) || requested.get(u.key) === releaseToken(u)) return;
-    reload(u.key);
+    if (requested.get(u.key) === releaseToken(u)) return;
+    reload(u.key); // only if the layer holds the tile
   });
   map.on('moveend', follow);
   follow();

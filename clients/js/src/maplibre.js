@@ -218,8 +218,11 @@ export function syncMapLibre(map, live, options) {
   }
 
   const offUpdate = live.on('update', (u) => {
-    if (!requested.has(u.key)) return; // never loaded here: its first request will be versioned
     if (requested.get(u.key) === releaseToken(u)) return;
+    // A tile this adapter never saw requested: its first request will be versioned, unless
+    // the map loaded it before it was synced; so refresh it only if it is in view (a
+    // refresh of a tile the map does not hold requests nothing).
+    if (!requested.has(u.key) && !tilesForBounds(bounds(), sourceZoom()).includes(u.key)) return;
     dirty.add(u.key);
     schedule();
   });

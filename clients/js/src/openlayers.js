@@ -91,7 +91,7 @@ export function syncOpenLayers(map, source, live, options) {
   }
 
   const offUpdate = live.on('update', (u) => {
-    if (!requested.has(u.key) || requested.get(u.key) === releaseToken(u)) return;
+    if (requested.get(u.key) === releaseToken(u)) return;
     const v = view();
     if (v && tilesForBounds(v.bounds, v.z).includes(u.key)) schedule();
     else offscreen.add(u.key);
