@@ -25,9 +25,9 @@ const map = new maplibregl.Map({
   attributionControl: false,
 });
 
-// The two lines a MapLibre app adds:
+// The two lines a MapLibre app adds (`full` sets the whole-source threshold, for the tests):
 const live = createTileLive({ url: params.get('gateway') ?? `http://${location.hostname}:8090` });
-const sync = syncMapLibre(map, live, { source: 'tiles' });
+const sync = syncMapLibre(map, live, { source: 'tiles', ...(params.has('full') ? { fullReloadAbove: Number(params.get('full')) } : {}) });
 
 const $ = (id) => document.getElementById(id);
 const times = [];

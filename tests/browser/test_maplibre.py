@@ -39,9 +39,9 @@ def tile_centre(z: int, x: int, y: int) -> tuple[float, float]:
     return lon, lat
 
 
-def open_map(browser: Any, live: Live) -> Any:
+def open_map(browser: Any, live: Live, extra: str = "") -> Any:
     page = browser.new_page(viewport=VIEW)
-    page.goto(live.stack.page_url)
+    page.goto(live.stack.page_url + extra)
     page.wait_for_function("document.body.dataset.status === 'live'", timeout=15_000)
     settle(page)
     return page
@@ -220,3 +220,29 @@ def test_after_a_gateway_restart_the_map_shows_what_changed_with_one_fetch_per_t
     time.sleep(1.5)
     assert sorted(since(live, mark)) == sorted([(*a, str(newest_a)), (*b, "2")])
     assert pixels(page, box_a) != before_a and pixels(page, box_b) != before_b
+
+
+def test_many_changes_at_once_refresh_the_whole_source_and_still_fetch_only_those_tiles(
+    browser: Any, live_stack: Live
+) -> None:
+    live = live_stack
+    render_block(live)
+    page = open_map(browser, live, "&full=3")  # a whole-source refresh above 3 tiles a frame
+    shown = set(visible(page))
+    changed = [t for t in block() if t in shown][:5]
+    assert len(changed) == 5
+    # While the gateway is away the five change; on its return their stored state arrives
+    # in one frame, over the threshold.
+    live.stack.stop("gateway", signal.SIGKILL)
+    page.wait_for_function("document.body.dataset.status === 'offline'", timeout=10_000)
+    mark = len(live.requests())
+    versions = {t: live.update(*t) for t in changed}
+    live.wait_committed()
+    live.stack.start_gateway()
+    page.wait_for_function("document.body.dataset.status === 'live'", timeout=40_000)
+    wait_for(lambda: len(since(live, mark)) >= 5, "the five refetches", 10)
+    time.sleep(1.5)
+    assert page.evaluate("window.tilepipeDemo.sync.stats.fullRefreshes") >= 1
+    # Every tile in view was reloaded, but the unchanged ones kept their versioned URLs,
+    # which the browser's cache answered (immutable): the server saw only the five.
+    assert sorted(since(live, mark)) == sorted((*t, str(v)) for t, v in versions.items())
