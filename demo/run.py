@@ -43,7 +43,7 @@ def demo_command(args: argparse.Namespace) -> int:
             f"  tiles and page  {stack.tiles_url}  (request log {stack.request_log})\n"
             f"  gateway         http://{config.host}:{stack.gateway_port}\n"
             f"  redis           {stack.redis_url}   ledger database {stack.ledger_dsn}\n"
-            f"  logs            {stack.run_dir}\n"
+            f"  logs            {stack.run_dir} (removed on exit)\n"
             f"  {config.rate:g} updates/s over {config.tiles} tiles at z{config.zoom};"
             " Ctrl-C stops everything",
             flush=True,
@@ -51,10 +51,11 @@ def demo_command(args: argparse.Namespace) -> int:
         while not stop.wait(1.0):
             dead = [name for name, up in stack.running().items() if not up]
             if dead:
-                print(
-                    f"tilepipe demo: {', '.join(dead)} stopped; see {stack.run_dir}/{dead[0]}.log",
-                    file=sys.stderr,
-                )
+                # The run directory goes with the stack: show the log's end before it does.
+                log = stack.run_dir / f"{dead[0]}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                print(f"tilepipe demo: {', '.join(dead)} stopped; its log ends:\n{tail}",
+                      file=sys.stderr)  # fmt: skip
                 return 1
         return 0
     finally:

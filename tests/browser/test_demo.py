@@ -72,3 +72,33 @@ def test_the_demo_shows_a_live_map_whose_tiles_change(browser: Any, tmp_path: Pa
     with psycopg.connect(base, autocommit=True) as conn:
         left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
     assert left is None
+
+
+def test_the_demo_stops_and_shows_the_log_when_a_piece_dies() -> None:
+    from tests.browser.conftest import _needs
+
+    _needs()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tilepipe", "demo", "--port", str(free_port()),
+         "--gateway-port", str(free_port()), "--rate", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert demo.stdout is not None
+    lines = [demo.stdout.readline() for _ in range(6)]
+    run_dir = re.search(r"logs +(\S+)", "".join(lines)).group(1)  # type: ignore[union-attr]
+    worker = next(
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and b"render-worker" in _cmdline(pid) and run_dir.encode() in _cmdline(pid)
+    )
+    os.kill(worker, signal.SIGKILL)
+    _, err = demo.communicate(timeout=30)
+    assert demo.returncode == 1
+    assert "worker stopped; its log ends:" in err and "render workers started" in err
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
