@@ -1,9 +1,20 @@
 // The demo page: a MapLibre map over the generator's tile block, kept fresh by @tilepipe/live.
 // Everything is served by `tilepipe tiles` from the installed npm packages: no CDN.
-import * as maplibregl from '/node_modules/maplibre-gl/dist/maplibre-gl.mjs';
 import { createTileLive, syncMapLibre } from '/live/index.js';
 
 const params = new URLSearchParams(location.search);
+// MapLibre 6 (ESM) by default; `?maplibre=5.6` loads the oldest release the adapter supports
+// (a UMD script), which the browser tests check too.
+const maplibregl = params.get('maplibre') === '5.6'
+  ? await script('/node_modules/maplibre-gl-5.6/dist/maplibre-gl.js').then(() => window.maplibregl)
+  : await import('/node_modules/maplibre-gl/dist/maplibre-gl.mjs');
+
+function script(src) {
+  return new Promise((resolve, reject) => {
+    const el = Object.assign(document.createElement('script'), { src, onload: resolve, onerror: reject });
+    document.head.append(el);
+  });
+}
 const zoom = Number(params.get('zoom') ?? 14);
 const center = [Number(params.get('lon') ?? 13.405), Number(params.get('lat') ?? 52.52)];
 
@@ -59,4 +70,4 @@ const errors = [];
 map.on('error', (e) => errors.push(String(e.error?.message ?? e.error ?? e)));
 map.on('load', () => (document.body.dataset.loaded = 'true'));
 // For the browser tests and the curious: window.tilepipeDemo in the console.
-window.tilepipeDemo = { map, live, sync, errors };
+window.tilepipeDemo = { map, live, sync, errors, version: maplibregl.getVersion() };

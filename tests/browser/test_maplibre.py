@@ -98,12 +98,14 @@ def render_block(live: Live, cols: int = 8) -> None:
     live.wait_committed()
 
 
+@pytest.mark.parametrize("maplibre", ["6", "5.6"])
 def test_an_update_refetches_exactly_that_tile_with_its_new_version_within_a_second(
-    browser: Any, live_stack: Live
+    browser: Any, live_stack: Live, maplibre: str
 ) -> None:
     live = live_stack
     render_block(live)
-    page = open_map(browser, live)
+    page = open_map(browser, live, f"&maplibre={maplibre}")
+    assert page.evaluate("window.tilepipeDemo.version").startswith(maplibre)
     shown = visible(page)
     z, x, y = target = block()[8 * 4 + 4]  # the centre tile
     assert target in shown
@@ -143,12 +145,13 @@ def test_an_update_refetches_exactly_that_tile_with_its_new_version_within_a_sec
     sub.close()
 
 
+@pytest.mark.parametrize("maplibre", ["6", "5.6"])
 def test_an_off_screen_update_is_refetched_when_panned_into_view(
-    browser: Any, live_stack: Live
+    browser: Any, live_stack: Live, maplibre: str
 ) -> None:
     live = live_stack
     render_block(live, cols=14)  # wide enough that the view around the far tile has no gaps
-    page = open_map(browser, live)
+    page = open_map(browser, live, f"&maplibre={maplibre}")
     # A tile seen once (so MapLibre keeps it in its tile cache), then left.
     far = block(14)[14 * 4 + 10]
     lon, lat = tile_centre(*far)
