@@ -75,6 +75,7 @@ export declare function mercatorToLonLatBounds(extent: [number, number, number, 
 
 export declare function tileUrlMatcher(template: string, options?: { scheme?: 'xyz' | 'tms' | string }): (url: string) => [number, number, number] | null;
 export declare function versionedUrl(url: string, have: { version: Version; hash?: string } | undefined | null, names?: { versionParam?: string; hashParam?: string }): string;
+export declare function remember<K, V>(map: Map<K, V>, key: K, value: V, limit?: number): void;
 export declare function releaseToken(have: { version: Version; hash?: string } | undefined | null): string;
 
 export { syncMapLibre } from './maplibre.js';

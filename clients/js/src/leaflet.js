@@ -15,7 +15,7 @@
 // (L.TileLayer, not canvas GridLayers).
 
 import { tilesForBounds, tileKey } from './tiles.js';
-import { releaseToken, versionedUrl } from './urls.js';
+import { releaseToken, remember, versionedUrl } from './urls.js';
 
 /**
  * @param {import('leaflet').Map} map
@@ -38,14 +38,14 @@ export function syncLeaflet(map, layer, live, options = {}) {
     const url = original.call(this, coords);
     const key = keyOf(coords);
     const have = live.get(key);
-    requested.set(key, releaseToken(have));
+    remember(requested, key, releaseToken(have));
     stats.requests++;
     return versionedUrl(url, have, { versionParam, hashParam });
   };
 
   // Tiles the layer made before it was synced were fetched with their bare URLs.
   for (const tile of Object.values(layer._tiles ?? {})) {
-    requested.set(keyOf(layer._wrapCoords(tile.coords)), '');
+    remember(requested, keyOf(layer._wrapCoords(tile.coords)), '');
   }
 
   function held(key) {

@@ -28,7 +28,7 @@
 //   which tiles are in view), at the latest with the first tile request.
 
 import { tilesForBounds, tileKey } from './tiles.js';
-import { releaseToken, tileUrlMatcher, versionedUrl } from './urls.js';
+import { releaseToken, remember, tileUrlMatcher, versionedUrl } from './urls.js';
 
 const MAP_TILE_SIZE = 512; // MapLibre's zoom is defined for 512-px tiles
 
@@ -89,7 +89,7 @@ export function syncMapLibre(map, live, options) {
   function stamp(params, key) {
     const have = live.get(key);
     const token = releaseToken(have);
-    requested.set(key, token);
+    remember(requested, key, token);
     const entry = inflight.get(key);
     if (entry) entry.sent = true;
     else inflight.set(key, { since: Date.now(), sent: true });
@@ -224,6 +224,9 @@ export function syncMapLibre(map, live, options) {
     // refresh of a tile the map does not hold requests nothing).
     if (!requested.has(u.key) && !tilesForBounds(bounds(), sourceZoom()).includes(u.key)) return;
     dirty.add(u.key);
+    // Bounded like `requested`: the oldest marks go first (their tiles, if ever shown
+    // again from MapLibre's cache, were long evicted from it).
+    if (dirty.size > 8192) dirty.delete(dirty.values().next().value);
     schedule();
   });
   const onData = (e) => {

@@ -15,7 +15,7 @@
 // not known yet (their bare URL is `no-cache`: a 304 each). The view must be EPSG:3857.
 
 import { mercatorToLonLatBounds, tilesForBounds, tileKey } from './tiles.js';
-import { releaseToken, versionedUrl } from './urls.js';
+import { releaseToken, remember, versionedUrl } from './urls.js';
 
 /**
  * @param {import('ol/Map.js').default} map
@@ -39,7 +39,7 @@ export function syncOpenLayers(map, source, live, options) {
     const wx = ((x % n) + n) % n;
     const key = tileKey(z, wx, y);
     const have = live.get(key);
-    requested.set(key, releaseToken(have));
+    remember(requested, key, releaseToken(have));
     stats.requests++;
     const url = template.replace('{z}', z).replace('{x}', wx).replace('{y}', y).replace('{-y}', n - 1 - y);
     return versionedUrl(url, have, { versionParam, hashParam });

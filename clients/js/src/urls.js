@@ -85,3 +85,14 @@ export function versionedUrl(url, have, { versionParam = 'v', hashParam = 'h' } 
 export function releaseToken(have) {
   return have ? `${have.version}:${have.hash ?? ''}` : '';
 }
+
+/**
+ * `map.set(key, value)`, keeping at most `limit` entries: the least recently set go first.
+ * The adapters remember what they asked for per tile; a long session that pans across the
+ * world must not make that grow without end.
+ */
+export function remember(map, key, value, limit = 8192) {
+  map.delete(key);
+  map.set(key, value);
+  while (map.size > limit) map.delete(map.keys().next().value);
+}

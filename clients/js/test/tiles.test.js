@@ -51,3 +51,10 @@ test('a versioned URL carries the version and the hash, and keeps query and frag
   assert.equal(versionedUrl('http://t/1/2/3.png?key=k#f', { version: 4, hash: '' }), 'http://t/1/2/3.png?key=k&v=4#f');
   assert.equal(versionedUrl('http://t/1/2/3.png', undefined), 'http://t/1/2/3.png');
 });
+
+test('remember keeps the most recently set entries, at most the limit', async () => {
+  const { remember } = await import('../src/index.js');
+  const m = new Map();
+  for (const k of ['a', 'b', 'c', 'a', 'd']) remember(m, k, k.toUpperCase(), 3);
+  assert.deepEqual([...m.keys()], ['c', 'a', 'd']);
+});
