@@ -35,6 +35,15 @@ export interface TileLiveOptions {
   remember?: number;
   /** WebSocket ping interval in ms (0: none); default 20000. */
   heartbeat?: number;
+  /**
+   * Which of two releases of a tile is newer. "version" (default): the higher version, or
+   * the same version with another hash; a lower version is dropped. Right for maps served
+   * by `tilepipe tiles` (the render ledger never commits a lower version). "arrival": any
+   * release other than the one held, in the gateway's order; for tiles fed by the dataflow
+   * directly, whose version is the newest applied object's and can fall (feature B at
+   * version 1 after feature A at version 5).
+   */
+  order?: 'version' | 'arrival';
   WebSocket?: typeof WebSocket;
   EventSource?: typeof EventSource;
   fetch?: typeof fetch;

@@ -16,7 +16,7 @@
 // Reconnects back off with full jitter (a random delay between 0 and min(max, initial*2^n)),
 // so a gateway restart does not bring every browser back in the same millisecond.
 
-import { supersedes } from './versions.js';
+import { supersedes, versionKey } from './versions.js';
 import { parseTileKey } from './tiles.js';
 
 const STATUSES = ['connecting', 'resyncing', 'live', 'offline'];
@@ -49,6 +49,7 @@ export class TileLive {
     maxTiles = 512,
     remember = 4096,
     heartbeat = 20000,
+    order = 'version',
     WebSocket: WS = globalThis.WebSocket,
     EventSource: ES = globalThis.EventSource,
     fetch: fetchFn = globalThis.fetch?.bind(globalThis),
@@ -69,7 +70,11 @@ export class TileLive {
     this.backoff = { initial: backoff.initial ?? 500, max: backoff.max ?? 30000 };
     this.maxTiles = maxTiles;
     this.remember = remember;
+    if (!['version', 'arrival'].includes(order)) {
+      throw new TypeError(`order ${JSON.stringify(order)}: use "version" or "arrival"`);
+    }
     this.heartbeat = heartbeat;
+    this.order = order;
     this.WS = WS;
     this.ES = ES;
     this.fetch = fetchFn;
@@ -249,7 +254,12 @@ export class TileLive {
     const key = `${z}/${x}/${y}`;
     let newer;
     try {
-      newer = supersedes(msg, this.known.get(key));
+      const have = this.known.get(key);
+      versionKey(msg.version); // a malformed version is an error either way
+      // "version": a lower version never replaces a higher one, whatever the gateway sends.
+      // "arrival": the gateway's order decides, so any other release is newer (a tile fed by
+      // the dataflow directly carries its newest object's version, which can fall).
+      newer = this.order === 'arrival' ? !have || have.hash !== (msg.hash ?? '') : supersedes(msg, have);
     } catch (e) {
       return this.emit('error', e);
     }

@@ -176,3 +176,18 @@ test('whenSynced waits for the stored state of tiles tracked after going live', 
   await until(() => synced, 'synced');
   assert.equal(await live.whenSynced(10), true);
 });
+
+test('order "arrival" takes the gateway\'s order: a feature tile\'s version may fall', async (t) => {
+  const gw = await startGateway();
+  const { live, seen } = client(gw, { order: 'arrival' });
+  t.after(() => (live.close(), gw.close()));
+  live.setTiles(['3/4/2']);
+  await gw.next('track');
+  gw.send(update(3, 4, 2, 5, 'featureA'));
+  gw.send(update(3, 4, 2, 1, 'featureB')); // another feature's first version: a newer release
+  gw.send(update(3, 4, 2, 1, 'featureB')); // the same release again: dropped
+  gw.send({ type: 'live' });
+  await until(() => live.status === 'live', 'live');
+  assert.deepEqual(seen.updates, ['3/4/2@5:featureA', '3/4/2@1:featureB']);
+  assert.throws(() => createTileLive({ url: gw.url, order: 'newest' }), TypeError);
+});
