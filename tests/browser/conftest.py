@@ -47,7 +47,7 @@ def _needs() -> None:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def chromium() -> Iterator[Any]:
     _needs()
     from playwright.sync_api import sync_playwright
 
@@ -55,6 +55,14 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         yield b
         b.close()
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Iterator[Any]:
+    """One browser context per test (its own HTTP cache), closed after it."""
+    context = chromium.new_context(viewport={"width": 1024, "height": 768})
+    yield context
+    context.close()
 
 
 class Live:

@@ -43,7 +43,7 @@ def test_the_demo_shows_a_live_map_whose_tiles_change(browser: Any, tmp_path: Pa
         log = Path(re.search(r"request log (\S+)\)", "".join(lines)).group(1))  # type: ignore[union-attr]
         dbname = re.search(r"dbname=(\S+)", "".join(lines)).group(1)  # type: ignore[union-attr]
 
-        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page = browser.new_page()
         page.goto(url)
         page.wait_for_function("document.body.dataset.status === 'live'", timeout=20_000)
         assert page.text_content("#status") == "live"

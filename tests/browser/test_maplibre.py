@@ -21,8 +21,6 @@ from tests.browser.conftest import LAT, LON, ZOOM, Live, wait_for
 
 pytestmark = pytest.mark.browser
 
-VIEW = {"width": 1024, "height": 768}
-
 
 def block(cols: int = 8) -> list[tuple[int, int, int]]:
     """8 rows of ``cols`` tiles from 4 left of and above the centre tile (the demo's block)."""
@@ -40,7 +38,7 @@ def tile_centre(z: int, x: int, y: int) -> tuple[float, float]:
 
 
 def open_map(browser: Any, live: Live, extra: str = "") -> Any:
-    page = browser.new_page(viewport=VIEW)
+    page = browser.new_page()
     page.goto(live.stack.page_url + extra)
     page.wait_for_function("document.body.dataset.status === 'live'", timeout=15_000)
     settle(page)

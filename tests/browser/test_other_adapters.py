@@ -16,13 +16,13 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.browser.conftest import LAT, LON, ZOOM, Live, wait_for
-from tests.browser.test_maplibre import VIEW, block, render_block, since
+from tests.browser.test_maplibre import block, render_block, since
 
 pytestmark = pytest.mark.browser
 
 
 def open_page(browser: Any, live: Live, name: str) -> Any:
-    page = browser.new_page(viewport=VIEW)
+    page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     gateway = f"http://{live.stack.config.host}:{live.stack.gateway_port}"
