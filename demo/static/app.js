@@ -34,7 +34,22 @@ const map = new maplibregl.Map({
   zoom: Number(params.get('mapzoom') ?? zoom - 1),
   minZoom: zoom - 1.45,
   attributionControl: false,
+  // ?probe=1 (the browser tests) keeps each frame readable, to check no frame goes blank.
+  ...(params.has('probe') ? { canvasContextAttributes: { preserveDrawingBuffer: true } } : {}),
 });
+
+// The colour at one map point in every frame drawn, while window.tilepipeDemo.probe is set.
+function probe() {
+  const p = window.tilepipeDemo?.probe;
+  if (!p) return;
+  const gl = map.painter?.context?.gl ?? map.getCanvas().getContext('webgl2');
+  const { x, y } = map.project(p.at);
+  const px = new Uint8Array(4);
+  const ratio = map.getPixelRatio?.() ?? devicePixelRatio;
+  gl.readPixels(Math.round(x * ratio), Math.round(gl.drawingBufferHeight - y * ratio), 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px);
+  p.frames.push([...px.slice(0, 3)]);
+}
+if (params.has('probe')) map.on('render', probe);
 
 // The two lines a MapLibre app adds (`full` sets the whole-source threshold, for the tests):
 const live = createTileLive({ url: params.get('gateway') ?? `http://${location.hostname}:8090` });

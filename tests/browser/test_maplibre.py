@@ -247,3 +247,33 @@ def test_many_changes_at_once_refresh_the_whole_source_and_still_fetch_only_thos
     # Every tile in view was reloaded, but the unchanged ones kept their versioned URLs,
     # which the browser's cache answered (immutable): the server saw only the five.
     assert sorted(since(live, mark)) == sorted((*t, str(v)) for t, v in versions.items())
+
+
+@pytest.mark.parametrize("maplibre", ["6", "5.6"])
+def test_no_frame_goes_blank_while_a_tile_is_refetched(
+    browser: Any, live_stack: Live, maplibre: str
+) -> None:
+    live = live_stack
+    render_block(live)
+    page = open_map(browser, live, f"&maplibre={maplibre}&probe=1")
+    target = block()[8 * 4 + 4]
+    lon, lat = tile_centre(*target)
+    # A point in the tile's empty lower half: the builtin renderer's text is at the top.
+    n = 1 << ZOOM
+    lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * (target[2] + 0.85) / n))))
+    page.evaluate("at => { window.tilepipeDemo.probe = {at, frames: []};"
+                  " window.tilepipeDemo.map.triggerRepaint(); }", [lon, lat])  # fmt: skip
+    wait_for(lambda: page.evaluate("window.tilepipeDemo.probe.frames.length") > 0, "a frame")
+    shade = page.evaluate("window.tilepipeDemo.probe.frames[0]")
+    mark = len(live.requests())
+    for _ in range(3):
+        version = live.update(*target)
+        wait_for(lambda v=version: (*target, str(v)) in since(live, mark), f"v{version}", 10)
+    settle(page)
+    frames = page.evaluate("window.tilepipeDemo.probe.frames")
+    assert len(frames) >= 4, frames  # the new tiles were drawn, each in a frame of its own
+    background = [0xE8, 0xE4, 0xDA]  # the map's background: what a dropped tile would show
+    assert all(abs(a - b) <= 2 for f in frames for a, b in zip(f, shade, strict=True)), (
+        f"a frame changed colour where the tile is: {shade} -> {frames}"
+    )
+    assert shade != background
