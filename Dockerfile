@@ -11,6 +11,8 @@ COPY sinks /src/sinks
 COPY sources /src/sources
 COPY ingress /src/ingress
 COPY render /src/render
+COPY tiles /src/tiles
+COPY demo /src/demo
 RUN /opt/tilepipe/bin/pip install --no-cache-dir /src
 
 FROM python:3.11-slim-bookworm
