@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -83,6 +84,13 @@ class Gateway:
         return self.verifier.verify(self.http_token(request))
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if type(exc).__name__ not in {"ClientDisconnected", "WebSocketDisconnect"}:
+            log.error("session writer failed", exc_info=exc)
+
+
 # -- WebSocket ---------------------------------------------------------------------------------
 
 
@@ -107,18 +115,23 @@ async def live(ws: WebSocket) -> None:
     async def send(frame: bytes) -> None:
         await ws.send({"type": "websocket.send", "text": frame.decode()})
 
+    closed_by_us = False
+
     def closing(code: int, reason: str) -> None:
+        nonlocal closed_by_us
         if writer is not None:
             writer.cancel()
         bye = orjson.dumps({"type": "bye", "code": code, "reason": reason})
         if ctl is not None:
             ctl.force_close(code, reason, bye, settings.close_grace.total_seconds())
+            closed_by_us = True
 
     try:
         await ws.accept()
         c.closing = closing
         c.session.note(gw.hello(c))
         writer = asyncio.create_task(drain(hub, c, send, batch_frame))
+        writer.add_done_callback(_log_failure)
         authed = gw.verifier is None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.auth_timeout.total_seconds()
@@ -174,6 +187,8 @@ async def live(ws: WebSocket) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
         hub.close(c)
+        if closed_by_us and ctl is not None:
+            await ctl.flushed(settings.close_grace.total_seconds())
 
 
 # -- SSE ---------------------------------------------------------------------------------------
@@ -226,6 +241,7 @@ class SSEStream:
         )  # jittered: a restart does not bring every stream back at once
         await body(b"retry: %d\n" % retry + sse_control(gw.hello(c)))
         writer = asyncio.create_task(drain(hub, c, body, self.encode, sse_control))
+        writer.add_done_callback(_log_failure)
 
         async def keepalive() -> None:
             while True:
@@ -393,6 +409,11 @@ def create_app(settings: GatewaySettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.hub.start()
+        # A full collection scans every live object (0.43 s at 2,000 sessions on the 2-core
+        # machine, 80 ms of it the 69k objects of the imports): keep those out of every scan.
+        gc.collect()
+        gc.freeze()
+        metrics.watch_gc()
         try:
             yield
         finally:

@@ -6,6 +6,9 @@ only what it does. No label carries a tile, a session or a user.
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -82,3 +85,26 @@ REFUSED = Counter(
     ["code"],
     registry=REGISTRY,
 )
+GC_PAUSE = Histogram(
+    "tilepipe_gateway_gc_pause_seconds",
+    "Python's cyclic garbage collector, by generation: a full (2) collection stops the loop"
+    " for time proportional to the live objects, ~150 per session.",
+    ["generation"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+def watch_gc() -> None:
+    """Time every collection into :data:`GC_PAUSE` (once per process)."""
+    started = [0.0]
+    pauses = [GC_PAUSE.labels(str(g)) for g in range(3)]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].observe(time.perf_counter() - started[0])
+
+    if callback not in gc.callbacks:
+        gc.callbacks.append(callback)

@@ -73,7 +73,7 @@ class _Server(uvicorn.Server):
 def serve(settings: GatewaySettings) -> int:
     sock = prepare(settings)
     app = create_app(settings)
-    http, ws = protocols(settings.write_buffer_high)
+    http, ws = protocols(settings.write_buffer_high, settings.socket_send_buffer)
     config = uvicorn.Config(
         app,
         loop="uvloop",
@@ -81,7 +81,11 @@ def serve(settings: GatewaySettings) -> int:
         ws=ws,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.keepalive.total_seconds(),
-        ws_ping_timeout=settings.keepalive.total_seconds(),
+        # A client with a full buffer cannot answer a ping either; uvicorn's own timeout must
+        # not beat the slow-client close, which tells the client why (4008) before cutting.
+        ws_ping_timeout=(
+            settings.keepalive + settings.slow_timeout + settings.close_grace
+        ).total_seconds(),
         lifespan="on",
         log_config=None,
         access_log=False,  # an SSE URL may carry a token (sse_query_token)

@@ -56,6 +56,9 @@ class GatewaySettings(BaseSettings):
     """A client whose socket stays over ``write_buffer_high`` this long is closed (4008)."""
     write_buffer_high: Annotated[int, Field(ge=1024)] = 64 * 1024
     """Bytes buffered for a socket above which the writer waits (and the slow clock runs)."""
+    socket_send_buffer: Annotated[int, Field(ge=0)] = 0
+    """Each socket's kernel send buffer (``SO_SNDBUF``) in bytes; 0 leaves it to the kernel,
+    which lets a client that stops reading pin up to ``tcp_wmem``'s maximum (4 MiB)."""
     close_grace: Duration = timedelta(seconds=2)
     """After a 4008 close frame, how long the client gets to read it before the socket is cut."""
 

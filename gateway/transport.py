@@ -14,6 +14,7 @@ period if the client still does not read them.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,11 +31,25 @@ class SocketControl:
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
 
-    def force_close(self, code: int, reason: str, last: bytes | None, grace: float) -> None:
-        """WebSocket: ``last`` as a text frame and a close frame with ``code``, then cut.
+    async def flushed(self, timeout: float) -> None:
+        """Wait until the buffer is empty (then the kernel delivers the rest), or cut the socket.
 
-        For a plain HTTP response (SSE) there is no close frame: the socket is
-        cut at once, and EventSource reconnects with ``Last-Event-ID``.
+        Closing with data still buffered would drop it under uvloop, close frame included.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._transport.get_write_buffer_size() and not self._transport.is_closing():
+            if loop.time() > deadline:
+                self._transport.abort()
+                return
+            await asyncio.sleep(0.05)
+
+    def force_close(self, code: int, reason: str, last: bytes | None, grace: float) -> None:
+        """WebSocket: ``last`` as a text frame and a close frame with ``code``, past the buffer.
+
+        The caller then awaits :meth:`flushed` before its handler returns. For a
+        plain HTTP response (SSE) there is no close frame: the socket is cut at
+        once, and EventSource reconnects with ``Last-Event-ID``.
         """
         t = self._transport
         if t.is_closing():
@@ -43,23 +58,34 @@ class SocketControl:
         if p is None:
             t.abort()
             return
-        if not p.close_sent:
+        if p.close_sent:  # uvicorn is closing it already (e.g. its ping went unanswered)
+            return
+        try:
             if last is not None:
                 p.conn.send_text(last)
             p.conn.send_close(code, reason)
-            t.write(b"".join(p.conn.data_to_send()))
-            p.close_sent = True
-            p.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        asyncio.get_running_loop().call_later(grace, t.abort)
+        except Exception:  # the protocol state says it is past closing: cut it
+            t.abort()
+            return
+        t.write(b"".join(p.conn.data_to_send()))
+        p.close_sent = True
+        p.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
 
 
-def protocols(write_buffer_high: int) -> tuple[type[Any], type[Any]]:
-    """uvicorn ``http`` and ``ws`` protocol classes with the gateway's socket control."""
+def protocols(write_buffer_high: int, send_buffer: int = 0) -> tuple[type[Any], type[Any]]:
+    """uvicorn ``http`` and ``ws`` protocol classes with the gateway's socket control.
+
+    ``send_buffer`` > 0 fixes each socket's kernel send buffer (``SO_SNDBUF``), which
+    otherwise grows to ``tcp_wmem``'s maximum (4 MiB) for a client that stops reading.
+    """
 
     class HttpProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             transport.set_write_buffer_limits(high=write_buffer_high)
+            sock = transport.get_extra_info("socket")
+            if send_buffer > 0 and sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -76,5 +102,13 @@ def protocols(write_buffer_high: int) -> tuple[type[Any], type[Any]]:
             scope = getattr(self, "scope", None)
             if scope is not None:
                 scope["extensions"][EXTENSION] = SocketControl(self.transport, self)  # type: ignore[literal-required]
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.accept" and self.handshake_complete:
+                # The handshake's request and response (headers: ~3 KiB) are not needed
+                # again; most of a gateway's connections are idle, so this is per-connection
+                # memory that only ever sits there.
+                self.request = self.response = None  # type: ignore[assignment]
 
     return HttpProtocol, WebSocketProtocol

@@ -34,3 +34,16 @@ def test_bench_suite_runs_every_scenario(tmp_path: Path) -> None:
     assert r["fanout"]["tiles"] > 0
     assert r["workers"]["one_events_per_s"] > 0 and r["workers"]["two_events_per_s"] > 0
     assert "targets:" in done.stdout and "distinct_vs_baseline" in r["ratios"]
+
+
+def test_gateway_bench_runs_and_its_reconnect_storm_loses_nothing() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gateway", "--connections", "40", "--tiles", "5",
+         "--pool", "100", "--rate", "200", "--storm-rate", "20", "--storm-updates", "100",
+         "--seconds", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    storm = [line for line in done.stdout.splitlines() if line.startswith("| reconnect storm")]
+    assert storm and " 0 lost, 0 backwards" in storm[0], done.stdout
+    assert "| figure | measured | target | anchor |" in done.stdout

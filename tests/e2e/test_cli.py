@@ -163,3 +163,25 @@ def test_bad_configuration_is_one_clear_line(args, says):
     err = done.stderr.decode().strip()
     assert says in err, err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ((), "examples:"),
+        (("--redis", "redis://127.0.0.1:1/0"), "Redis at redis://127.0.0.1:1/0 does not answer"),
+        (("--redis", "http://x/0"), "invalid setting redis"),
+        (("--max-tiles", "0"), "invalid setting max_tiles"),
+        (("--listen", "nowhere"), "invalid setting listen"),
+    ],
+)
+def test_gateway_help_and_bad_configuration(args, says):
+    done = tilepipe("gateway", *(args or ("--help",)), timeout=60)
+    if not args:
+        assert done.returncode == 0 and b"TILEPIPE_GATEWAY_" in done.stdout
+        assert says.encode() in done.stdout
+        return
+    assert done.returncode == 2
+    err = done.stderr.decode().strip()
+    assert says in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -359,7 +359,9 @@ def _slow_socket(port: int) -> Any:
     import socket
 
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a phone on a bad link
+    # Small, but above loopback's 64 KiB MSS: smaller, the receiver never announces a window
+    # worth a segment and TCP stalls on its persist timer (silly-window avoidance).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
     sock.connect(("127.0.0.1", port))
     return sock
 
@@ -371,13 +373,14 @@ def test_a_slow_client_is_conflated_then_closed_while_others_keep_up(redis_url, 
     broadcaster = RedisBroadcaster(target)
     tiles = [(14, 9000 + i, 6000) for i in range(200)]
     env = {"TILEPIPE_GATEWAY_SLOW_TIMEOUT": "1s", "TILEPIPE_GATEWAY_WRITE_BUFFER_HIGH": "4096",
-           "TILEPIPE_GATEWAY_CLOSE_GRACE": "20s"}  # fmt: skip
+           "TILEPIPE_GATEWAY_CLOSE_GRACE": "20s",
+           "TILEPIPE_GATEWAY_SOCKET_SEND_BUFFER": "65536"}  # fmt: skip
 
     def publish(version: int) -> None:
         items = []
         for z, x, y in tiles:
             msg = {"type": "tile_updated", "tms": "WebMercatorQuad", "z": z, "x": x, "y": y,
-                   "version": version, "hash": f"{x}-{version}", "pad": "x" * 600}  # fmt: skip
+                   "version": version, "hash": f"{x}-{version}", "pad": "x" * 2000}  # fmt: skip
             tile_key = target.key_of("WebMercatorQuad", z, x, y)
             items.append((tile_key, [(f"tile:{x}", f"{version:012d}")], json.dumps(msg).encode()))
         assert broadcaster.publish_prepared(items) == [1] * len(tiles)
@@ -388,7 +391,7 @@ def test_a_slow_client_is_conflated_then_closed_while_others_keep_up(redis_url, 
             track = {"type": "track", "tiles": {key(t): None for t in tiles}}
             async with LiveClient(gw.ws_url) as healthy:
                 slow = LiveClient(gw.ws_url, read=False, sock=_slow_socket(gw.port),
-                                  max_size=None, max_queue=1)  # fmt: skip
+                                  max_size=None, max_queue=(4, 1))  # fmt: skip
                 async with slow:
                     await healthy.send(track)
                     await slow.send(track)
@@ -409,7 +412,7 @@ def test_a_slow_client_is_conflated_then_closed_while_others_keep_up(redis_url, 
                     frames, code = [], None
                     while time.monotonic() < deadline:
                         try:
-                            frames.append(json.loads(await asyncio.wait_for(slow.ws.recv(), 5)))
+                            frames.append(json.loads(await asyncio.wait_for(slow.ws.recv(), 10)))
                         except websockets.ConnectionClosed as e:
                             code = e.rcvd.code if e.rcvd else None
                             break

@@ -29,12 +29,14 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from websockets.sync.client import connect
 
 from render.jobs import RenderJob
 from render.ledger import Ledger
 from render.queue import RenderQueue
 from tests.integration.test_dataflow import Job, key_of, tile_event
 from tests.support import observability as obs
+from tests.support.gateway import GatewayProcess
 from tests.support.services import RedisSubscriber, free_port
 from tests.support.tileserver import TileServer
 
@@ -212,10 +214,18 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
                   "--dlq", kafka.url(dlq), env={"TILEPIPE_KAFKA_LAG_INTERVAL": "1s"})  # fmt: skip
         worker = RenderWorker(redis_url, postgres_dsn, upstream.url, tmp_path / "tiles",
                               f"{channel}:render")  # fmt: skip
+        gateway = GatewayProcess(f"{redis_url}?channel={channel}")
+        gateway.wait_ready()
+        # A map client showing the fed tiles, so the gateway row has deliveries to show.
+        client = connect(gateway.ws_url, compression=None)
+        client.send(json.dumps({"type": "track", "tiles": [f"15/{x}/10000" for x in range(12)]}))
+        while json.loads(client.recv(timeout=10))["type"] != "live":
+            pass
         prom = Prometheus(
             tmp_path,
             {"tilepipe-metrics": f"127.0.0.1:{job.metrics_port}",
-             "tilepipe-render": f"127.0.0.1:{worker.metrics_port}"},
+             "tilepipe-render": f"127.0.0.1:{worker.metrics_port}",
+             "tilepipe-gateway": f"127.0.0.1:{gateway.port}"},
             rules,
         )  # fmt: skip
         try:
@@ -233,7 +243,10 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
             wait_for_ledger(postgres_dsn,
                             {"COMPLETED": len(RENDERED), "DEAD": 1, "DEGRADED": 1})  # fmt: skip
             exported = {"job": scrape_names(job.metrics_port),
-                        "render worker": scrape_names(worker.metrics_port)}  # fmt: skip
+                        "render worker": scrape_names(worker.metrics_port),
+                        "gateway": scrape_names(gateway.port)}  # fmt: skip
+            prom.wait_until('tilepipe_gateway_delivered_total{job="tilepipe-gateway"}',
+                            lambda r: r and float(r[0]["value"][1]) >= 12)  # fmt: skip
             # Enough samples after the last event for every rate window to hold two. (The
             # worker exports the dataflow's counters too, at zero: it shares the Redis sink.)
             prom.wait_until(
@@ -255,8 +268,8 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
             for where, expr in obs.dashboard_queries(doc):
                 names = obs.metric_names(expr)
                 if not any(names <= e for e in exported.values()):
-                    problems.append(f"{where}: neither the job nor the render worker exports"
-                                    f" all of {sorted(names)}")  # fmt: skip
+                    problems.append(f"{where}: neither the job, the render worker nor the"
+                                    f" gateway exports all of {sorted(names)}")  # fmt: skip
                 res = prom.query(obs.grafana_to_promql(expr))
                 if res.get("status") != "success":
                     problems.append(f"{where}: {res.get('error')}\n    {expr}")
@@ -281,6 +294,8 @@ def test_every_dashboard_query_and_alert_rule_works_on_a_running_job(
                     problems.append(f"alert {name}: {r.get('health')} {r.get('lastError')}")
         finally:
             prom.stop()
+            client.close()
+            gateway.stop()
             code, _, err = job.stop()
             worker_code, worker_err = worker.stop()
             upstream.close()

@@ -57,6 +57,7 @@ def grafana_to_promql(expr: str, rate_interval: str = "10s") -> str:
         .replace('"$namespace"', '".*"')
         .replace('"$job"', '".*"')
         .replace('"$render_job"', '".*"')
+        .replace('"$gateway_job"', '".*"')
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
@@ -271,3 +272,32 @@ def test_origins_and_settings(monkeypatch):
     monkeypatch.setenv("TILEPIPE_GATEWAY_JWT_JWKS_FILE", "/nonexistent")
     with pytest.raises(ValueError, match="one JWT key"):
         GatewaySettings()
+
+
+def test_rs256_public_key_and_jwks_files(tmp_path, monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "pub.pem").write_bytes(pem)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1"}]}))
+    now = int(time.time())
+    claims = {"sub": "u9", "aud": "tilepipe-gateway", "exp": now + 300, "tp": {"area": ["3"]}}
+    signed = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+    monkeypatch.setenv("TILEPIPE_GATEWAY_JWT_PUBLIC_KEY_FILE", str(tmp_path / "pub.pem"))
+    assert Verifier(GatewaySettings()).verify(signed).prefixes == ("3",)
+    monkeypatch.delenv("TILEPIPE_GATEWAY_JWT_PUBLIC_KEY_FILE")
+    monkeypatch.setenv("TILEPIPE_GATEWAY_JWT_JWKS_FILE", str(tmp_path / "jwks.json"))
+    v = Verifier(GatewaySettings())
+    assert v.verify(signed).sub == "u9"
+    other = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "nope"})
+    with pytest.raises(FrameError, match="kid"):
+        v.verify(other)
+    # An HS256 token signed with the public key as secret (algorithm confusion) is refused.
+    forged = jwt.encode(claims, "x" * 40, algorithm="HS256", headers={"kid": "k1"})
+    with pytest.raises(FrameError):
+        v.verify(forged)

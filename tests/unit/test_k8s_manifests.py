@@ -25,11 +25,12 @@ from prometheus_client import REGISTRY, generate_latest
 import sources.kafka  # noqa: F401  (registers every metric the job exports)
 import tilepipe.metrics  # noqa: F401
 from dataflows.settings import Settings
+from gateway import metrics as gateway_metrics
 from render import metrics as render_metrics  # noqa: F401  (and every render worker metric)
 from tests.support import observability as obs
 
 K8S_VERSION = "1.30"
-BUILTIN_GROUPS = ("v1", "apps/v1", "policy/v1")
+BUILTIN_GROUPS = ("v1", "apps/v1", "policy/v1", "autoscaling/v2")
 
 needs_kubectl = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="needs kubectl (for `kubectl kustomize`)"
@@ -54,7 +55,8 @@ def objects() -> dict[tuple[str, str], dict[str, Any]]:
 def test_every_builtin_object_validates_against_the_kubernetes_schema(objects):
     kinds = {kind for kind, _ in objects}
     assert {"StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
-            "ServiceMonitor", "PrometheusRule", "Namespace", "ServiceAccount"} <= kinds  # fmt: skip
+            "ServiceMonitor", "PrometheusRule", "Namespace", "ServiceAccount", "Deployment",
+            "HorizontalPodAutoscaler", "PodMonitor"} <= kinds  # fmt: skip
     for (kind, name), obj in objects.items():
         if obj["apiVersion"] in BUILTIN_GROUPS:
             try:
@@ -153,7 +155,9 @@ def test_dashboard_is_provisionable_from_its_configmap(objects):
 
 
 def test_dashboard_and_alerts_name_only_metrics_the_job_exports():
-    exported = obs.exported_names(generate_latest(REGISTRY).decode())
+    exported = obs.exported_names(generate_latest(REGISTRY).decode()) | obs.exported_names(
+        generate_latest(gateway_metrics.REGISTRY).decode()
+    )
     queries = obs.dashboard_queries(obs.dashboard()) + obs.rule_exprs()
     for where, expr in queries:
         assert obs.metric_names(expr) <= exported, (where, obs.metric_names(expr) - exported)
@@ -167,7 +171,11 @@ def test_dashboard_and_alerts_name_only_metrics_the_job_exports():
               "tilepipe_render_jobs_total", "tilepipe_render_latency_seconds_bucket",
               "tilepipe_render_degraded_total", "tilepipe_render_circuit_open",
               "tilepipe_render_cache_invalidations_total",
-              "tilepipe_render_purges_total"}  # fmt: skip
+              "tilepipe_render_purges_total", "tilepipe_gateway_connections",
+              "tilepipe_gateway_delivered_total", "tilepipe_gateway_received_total",
+              "tilepipe_gateway_delivery_latency_seconds_bucket",
+              "tilepipe_gateway_slow_closes_total", "tilepipe_gateway_resyncs_total",
+              "tilepipe_gateway_redis_subscribed"}  # fmt: skip
     used = set().union(*(obs.metric_names(e) for _, e in queries))
     assert wanted <= used, wanted - used
 
@@ -182,7 +190,9 @@ def test_alert_rules_parse_and_fire_when_they_should(tmp_path):
     alerts = {a for a, _ in obs.rule_exprs()}
     assert {"TilepipeConsumerLagGrowing", "TilepipeDeadLetterSpike", "TilepipeEndToEndLatencyHigh",
             "TilepipeNoOutput", "TilepipeRenderQueueGrowing", "TilepipeRenderJobsDead",
-            "TilepipeRenderLatencyHigh"} <= alerts  # fmt: skip
+            "TilepipeRenderLatencyHigh", "TilepipeGatewayRedisUnsubscribed",
+            "TilepipeGatewayDeliveryLatencyHigh",
+            "TilepipeGatewaySlowClients"} <= alerts  # fmt: skip
     # Firing is what is tested here; the annotations' templates were checked above.
     bare = tmp_path / "bare.yml"
     bare.write_text(yaml.safe_dump({"groups": [
@@ -192,6 +202,8 @@ def test_alert_rules_parse_and_fire_when_they_should(tmp_path):
     lbl = 'namespace="maps", job="tilepipe-metrics"'
     rlbl = 'namespace="maps", job="tilepipe-render"'
     calm = 'namespace="calm", job="tilepipe-render"'  # a busy but healthy render deployment
+    glbl = 'namespace="maps", job="tilepipe-gateway"'
+    glat = "tilepipe_gateway_delivery_latency_seconds_bucket"
     cases = {
         "rule_files": [str(bare)],
         "evaluation_interval": "1m",
@@ -276,8 +288,56 @@ def test_alert_rules_parse_and_fire_when_they_should(tmp_path):
                         "series": f'tilepipe_render_latency_seconds_bucket{{{calm}, le="+Inf"}}',
                         "values": "0+600x40",
                     },
+                    # a gateway: unsubscribed from minute 3 on; deliveries take 0.5-1 s; 1 slow
+                    # close a second
+                    {
+                        "series": f'tilepipe_gateway_redis_subscribed{{{glbl}, instance="g0"}}',
+                        "values": "1x2 0x38",
+                    },
+                    {
+                        "series": f'{glat}{{{glbl}, le="0.25"}}',
+                        "values": "0x40",
+                    },
+                    {
+                        "series": f'{glat}{{{glbl}, le="1.0"}}',
+                        "values": "0+600x40",
+                    },
+                    {
+                        "series": f'{glat}{{{glbl}, le="+Inf"}}',
+                        "values": "0+600x40",
+                    },
+                    {
+                        "series": f"tilepipe_gateway_slow_closes_total{{{glbl}}}",
+                        "values": "0+60x40",
+                    },
                 ],
                 "alert_rule_test": [
+                    *[
+                        {
+                            "eval_time": "30m",
+                            "alertname": alert,
+                            "exp_alerts": [
+                                {
+                                    "exp_labels": {
+                                        "severity": sev,
+                                        **extra,
+                                        "namespace": "maps",
+                                        "job": "tilepipe-gateway",
+                                    }
+                                }
+                            ],
+                        }
+                        for alert, sev, extra in (
+                            ("TilepipeGatewayRedisUnsubscribed", "critical", {"instance": "g0"}),
+                            ("TilepipeGatewayDeliveryLatencyHigh", "warning", {}),
+                            ("TilepipeGatewaySlowClients", "warning", {}),
+                        )
+                    ],
+                    {
+                        "eval_time": "4m",
+                        "alertname": "TilepipeGatewayRedisUnsubscribed",
+                        "exp_alerts": [],
+                    },  # not for 2 minutes yet
                     {
                         "eval_time": "30m",
                         "alertname": "TilepipeConsumerLagGrowing",
@@ -402,7 +462,7 @@ def test_dockerfile_builds_the_image_the_manifests_run():
     project = tomllib.loads((obs.ROOT / "pyproject.toml").read_text())
     included = project["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = [p.rstrip("*") for p in included if p.rstrip("*") != "bench"]
-    assert {"ingress", "render"} <= set(packages)
+    assert {"ingress", "render", "gateway"} <= set(packages)
     for package in packages:
         assert f"COPY {package} /src/{package}" in dockerfile, package
     assert f"python:{sys.version_info.major}.{sys.version_info.minor}" in dockerfile or (
