@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.browser.conftest import LAT, LON, ZOOM, Live, wait_for
-from tests.browser.test_maplibre import block, render_block, since
+from tests.browser.test_maplibre import block, render_block, since, tile_centre
 
 pytestmark = pytest.mark.browser
 
@@ -66,3 +66,29 @@ def test_an_update_costs_one_fetch_of_exactly_that_tile(
             f"/{z}/{x}/{y}.png",
         )
         assert f"v={version}&" in src, src
+
+
+@pytest.mark.parametrize("name", ["openlayers", "leaflet"])
+def test_an_off_screen_update_is_fetched_once_when_panned_into_view(
+    browser: Any, live_stack: Live, name: str
+) -> None:
+    live = live_stack
+    render_block(live, cols=14)
+    page = open_page(browser, live, name)
+    quiet(live)
+    far = block(14)[14 * 4 + 10]
+    lon, lat = tile_centre(*far)
+    page.evaluate("([lon, lat]) => window.page.jump(lon, lat)", [lon, lat])
+    quiet(live)
+    page.evaluate("([lon, lat]) => window.page.jump(lon, lat)", [LON, LAT])
+    quiet(live)
+    mark = len(live.requests())
+    version = live.update(*far)
+    live.wait_committed()
+    time.sleep(1.0)
+    assert since(live, mark) == [], "nothing fetches a tile out of view"
+    page.evaluate("([lon, lat]) => window.page.jump(lon, lat)", [lon, lat])
+    wait_for(lambda: since(live, mark), f"{name} to fetch the tile in view", 10)
+    quiet(live)
+    # Only the changed tile reaches the server: the rest are answered by the HTTP cache.
+    assert since(live, mark) == [(*far, str(version))]

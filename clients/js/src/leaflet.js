@@ -84,23 +84,27 @@ export function syncLeaflet(map, layer, live, options = {}) {
   }
 
   function follow() {
+    const z = layer._getZoomForUrl();
+    // A view reset (setView without animation) fires moveend while the layer's tile zoom is
+    // cleared, before its own viewreset; the viewreset listener below tracks the view then.
+    if (!Number.isFinite(z)) return;
     const b = map.getBounds();
     const bounds = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];
-    live.setTiles(tilesForBounds(bounds, layer._getZoomForUrl(), { margin, limit: maxTiles }));
+    live.setTiles(tilesForBounds(bounds, z, { margin, limit: maxTiles }));
   }
 
   const offUpdate = live.on('update', (u) => {
     if (requested.get(u.key) === releaseToken(u)) return;
     reload(u.key); // only if the layer holds the tile
   });
-  map.on('moveend', follow);
+  map.on('moveend viewreset', follow);
   follow();
 
   return {
     stats,
     stop() {
       offUpdate();
-      map.off('moveend', follow);
+      map.off('moveend viewreset', follow);
       layer.getTileUrl = original;
     },
   };
