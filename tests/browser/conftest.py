@@ -46,8 +46,12 @@ def _needs() -> None:
         pytest.skip(f"the JS packages are not installed: npm ci --prefix {JS_DIR}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    """Chromium for one test module. Not for the session: Playwright's sync API keeps an
+    event loop running in the main thread while it is open, and tests after these that call
+    ``asyncio.run`` (the gateway's) would fail with "cannot be called from a running event
+    loop"."""
     _needs()
     from playwright.sync_api import sync_playwright
 
