@@ -12,6 +12,8 @@ COPY sources /src/sources
 COPY ingress /src/ingress
 COPY render /src/render
 COPY gateway /src/gateway
+COPY tiles /src/tiles
+COPY demo /src/demo
 RUN /opt/tilepipe/bin/pip install --no-cache-dir /src
 
 FROM python:3.11-slim-bookworm

@@ -6,7 +6,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help test lint run setup system-packages
+.PHONY: help test lint run setup system-packages js js-test
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -23,12 +23,23 @@ setup: $(VENV)/.installed
 system-packages:
 	@tests/system-packages.sh
 
+# The JS client's packages (maplibre-gl, ol, leaflet for the adapters and the browser
+# tests), from the npm registry, as the lockfile pins them; again when the lockfile changes.
+clients/js/node_modules/.installed: clients/js/package-lock.json
+	npm ci --prefix clients/js --no-audit --no-fund
+	@touch $@
+
+js: clients/js/node_modules/.installed
+
+js-test: js
+	npm test --prefix clients/js
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup system-packages lint
+test: setup system-packages js lint js-test
 	$(BIN)/pytest
 
 run: setup

@@ -10,11 +10,9 @@ listener closes, in-flight requests finish, the producer flushes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -25,7 +23,7 @@ from ingress.settings import IngressSettings
 from tilepipe.config import kafka_uri, redact_url, settings_from_flags
 from tilepipe.connect import check_kafka
 from tilepipe.errors import ConfigError
-from tilepipe.serving import bind, drop_color_message
+from tilepipe.serving import DrainingServer, bind, drop_color_message
 from tilepipe.signing import check_strength
 
 log = logging.getLogger("tilepipe.ingress")
@@ -94,15 +92,6 @@ def prepare(settings: IngressSettings) -> tuple[Ingress, list[socket.socket]]:
     return Ingress(settings, secrets, producer, jobs), socks
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            # A drained shutdown exits 0 instead of re-raising SIGTERM after the drain.
-            getattr(self, "_captured_signals", []).clear()
-
-
 def uvicorn_config(settings: IngressSettings, ingress: Ingress) -> uvicorn.Config:
     """How uvicorn serves the app: the connection cap, TLS, the drain."""
     tls: dict[str, Any] = {}
@@ -129,7 +118,7 @@ def uvicorn_config(settings: IngressSettings, ingress: Ingress) -> uvicorn.Confi
 def serve(settings: IngressSettings) -> int:
     ingress, socks = prepare(settings)
     config = uvicorn_config(settings, ingress)
-    server = _Server(config)
+    server = DrainingServer(config)
     logging.getLogger("uvicorn.error").addFilter(drop_color_message)
     scheme = "https" if config.ssl_certfile else "http"
     log.info(

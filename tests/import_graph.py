@@ -33,6 +33,7 @@ PACKAGES = (
     "ingress",
     "gateway",
     "tiles",
+    "demo",
 )
 
 #: Modules that stand for a layer of their own in the package graph: the command line

@@ -14,6 +14,9 @@ NEEDS=(
   "prometheus prometheus"   # the dashboard and alert tests scrape a real Prometheus
   "promtool prometheus"     # alert rule unit tests
   "kubectl kubectl"         # kustomize rendering of k8s/ (in the image; not in Debian 12)
+  "chromium chromium"       # the browser tests (Playwright drives it by executable_path)
+  "node nodejs"             # clients/js: its tests, and npm ci for the map libraries
+  "npm npm"
 )
 
 missing=()

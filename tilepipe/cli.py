@@ -189,6 +189,39 @@ def _render_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+TILES_EXAMPLES = """\
+examples:
+  TILEPIPE_RENDER_LEDGER=postgresql://postgres@127.0.0.1/tilepipe \\
+      tilepipe tiles --store dir:/srv/tiles --listen 0.0.0.0:8091
+  tilepipe tiles --store mbtiles:tiles.mbtiles --request-log /var/log/tilepipe/tiles.jsonl
+
+GET /{z}/{x}/{y}.png?v=VERSION&h=HASH (the release a tile_updated message named) is
+immutable (max-age one year) once the ledger says the store has it; a bare URL is no-cache
+with an ETag (304 on If-None-Match); a release the store does not have yet is no-store.
+Other settings are TILEPIPE_TILES_* variables (e.g. TILEPIPE_TILES_CORS_ORIGINS=*).
+"""
+
+
+def _tiles_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "tiles",
+        help="serve the render store's tiles, versioned URLs cacheable forever",
+        description="Serve tiles from the render store with a cache contract for live maps: "
+        "versioned URLs immutable, bare URLs revalidated by ETag.",
+        epilog=TILES_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", help="HOST:PORT to serve on [127.0.0.1:8091]")
+    p.add_argument("--store", help="dir:PATH | mbtiles:PATH: the render workers' store"
+                   " [dir:./tiles]")  # fmt: skip
+    p.add_argument("--format", help="png | jpg | webp | mvt | pbf [png]")
+    p.add_argument("--ledger", help="PostgreSQL DSN of the render ledger (prefer the env"
+                   " variable when it holds a password)")  # fmt: skip
+    p.add_argument("--request-log", help="append one JSON line per tile request to this file")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO]")
+    return p
+
+
 GATEWAY_EXAMPLES = """\
 examples:
   tilepipe gateway --redis 'redis://127.0.0.1:6379/0?channel=tilepipe:tile_updated'
@@ -219,6 +252,41 @@ def _gateway_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+DEMO_EXAMPLES = """\
+examples:
+  npm ci --prefix clients/js && tilepipe demo      # then open the URL it prints
+  tilepipe demo --rate 20 --tiles 100              # busier: 20 updates/s over 10x10 tiles
+  TILEPIPE_RENDER_LEDGER=postgresql://postgres@db/postgres tilepipe demo --redis redis://127.0.0.1:6379/0
+
+Starts, on this machine: a private redis-server (unless --redis), a throwaway database for
+the render ledger on TILEPIPE_RENDER_LEDGER's server (else 127.0.0.1:5432), a render
+worker with the builtin renderer (it draws each tile's version), the tile server (which
+also serves the page and the npm packages: no CDN), the gateway, and the dataflow reading
+the built-in generator into the render queue. Ctrl-C stops all of it and drops the database.
+"""
+
+
+def _demo_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline locally and print the URL of a live map",
+        description="Everything on this machine, ending in a MapLibre map whose tiles change "
+        "as updates flow, with a panel of live status, updates/s and the last updates.",
+        epilog=DEMO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on [127.0.0.1]")
+    p.add_argument("--port", type=int, default=8091, help="the page and tiles [8091]")
+    p.add_argument("--gateway-port", type=int, default=8090, help="the gateway [8090]")
+    p.add_argument("--redis", help="use this Redis (redis://HOST:PORT/DB) instead of a private one")
+    p.add_argument("--rate", type=float, default=4.0, help="updates per second [4]")
+    p.add_argument("--tiles", type=int, default=64, help="tiles in the block that changes [64]")
+    p.add_argument("--zoom", type=int, default=14, help="the tiles' zoom [14]")
+    p.add_argument("--lon", type=float, default=13.405, help="centre longitude [13.405, Berlin]")
+    p.add_argument("--lat", type=float, default=52.52, help="centre latitude [52.52]")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tilepipe",
@@ -228,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         "  tilepipe run --source kafka://127.0.0.1:9092/tile-events --sink redis://127.0.0.1:6379/0\n"
         "  tilepipe ingress --listen 0.0.0.0:8080 --sink kafka://127.0.0.1:9092/tile-events\n"
         "  tilepipe render-worker --store dir:/srv/tiles --ledger postgresql://postgres@db/tiles\n"
+        "  tilepipe tiles --store dir:/srv/tiles --listen 0.0.0.0:8091\n"
         "  tilepipe gateway --listen 0.0.0.0:8090 --redis redis://127.0.0.1:6379/0\n"
+        "  tilepipe demo                      # everything locally, ending in a live map\n"
         "\nRun 'tilepipe COMMAND --help' for a command's options and more examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -238,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     _ingress_parser(sub)
     _send_parser(sub)
     _render_parser(sub)
+    _tiles_parser(sub)
+    _demo_parser(sub)
     _gateway_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what each worker process gets
@@ -255,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
             return send(args)
         if args.command == "render-worker":
             return render_worker(args)
+        if args.command == "demo":
+            from demo.run import demo_command
+
+            return demo_command(args)
+        if args.command == "tiles":
+            from tiles.server import tiles_command
+
+            return tiles_command(args)
         if args.command == "gateway":
             from gateway.server import gateway_command
 

@@ -2,15 +2,20 @@
 
 A service binds its listening socket itself, before it starts serving, so a port in use is
 one :class:`~tilepipe.errors.ConfigError` line instead of a uvicorn traceback, and the
-socket can be handed to uvicorn (and inherited by its workers). uvicorn's log records carry
+socket can be handed to uvicorn (and inherited by its workers). A SIGTERM drains and
+exits 0 (:class:`DrainingServer`). uvicorn's log records carry
 an ANSI-coloured copy of each message that would end up in the JSON log lines; the filter
 drops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Iterator
+
+import uvicorn
 
 from tilepipe.errors import ConfigError
 
@@ -44,3 +49,14 @@ def drop_color_message(record: logging.LogRecord) -> bool:
     """A logging filter: drop uvicorn's ANSI copy of the message from the record."""
     record.__dict__.pop("color_message", None)
     return True
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that exits 0 after a drained SIGTERM, instead of re-raising the signal once
+    in-flight requests have finished (which a supervisor would read as a crash)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            getattr(self, "_captured_signals", []).clear()

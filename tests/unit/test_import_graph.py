@@ -20,7 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "ingress": {"tilepipe", "operators", "render"},  # validation; the job API's queue
     "gateway": {"tilepipe"},
     "tiles": {"tilepipe", "render"},  # serves the render store
-    "cli": {"tilepipe", "dataflows", "ingress", "render", "gateway", "tiles"},
+    "demo": {"tilepipe"},  # starts every service as a process of its own
+    "cli": {"tilepipe", "dataflows", "ingress", "render", "gateway", "tiles", "demo"},
 }
 
 

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SERVICES = ["ingress.app", "ingress.intake", "gateway.app", "gateway.server",
+SERVICES = ["ingress.app", "ingress.intake", "gateway.app", "gateway.server", "tiles.server",
             "operators.validate", "operators.enrich", "tilepipe.cover"]  # fmt: skip
 
 
