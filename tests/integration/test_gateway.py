@@ -408,11 +408,15 @@ def test_a_slow_client_is_conflated_then_closed_while_others_keep_up(redis_url, 
                     assert newest == {t: 30 for t in tiles}  # every tile, at its newest
                     never_backwards(healthy.updates())
                     # Now read what the slow one was sent: older frames, then bye 4008.
-                    deadline = time.monotonic() + 30
+                    # (A quiet spell is not the end: on a loaded machine the gateway's
+                    # writer may not run for seconds; only the close, or the deadline, is.)
+                    deadline = time.monotonic() + 60
                     frames, code = [], None
                     while time.monotonic() < deadline:
                         try:
-                            frames.append(json.loads(await asyncio.wait_for(slow.ws.recv(), 10)))
+                            frames.append(json.loads(await asyncio.wait_for(slow.ws.recv(), 5)))
+                        except TimeoutError:
+                            continue
                         except websockets.ConnectionClosed as e:
                             code = e.rcvd.code if e.rcvd else None
                             break
