@@ -170,7 +170,7 @@ class Stack:
         self._tilepipe("worker", ["render-worker", "--redis", self.redis_url,
                                   "--store", f"dir:{self.store}", "--renderer", "builtin",
                                   "--workers", str(self.config.worker_threads),
-                                  "--sla", "30s", "--broadcast", self.broadcast_uri],
+                                  "--broadcast", self.broadcast_uri],
                        env)  # fmt: skip
 
     def start_tiles(self) -> None:
