@@ -36,7 +36,7 @@ def commit(ledger: Ledger, store: TileStore, job: RenderJob) -> bytes:
     attempt = ledger.start(job, "test")
     assert attempt is not None
     result = ledger.commit(job, attempt, "test", lambda: store.commit(store.stage(job, data)))
-    assert result is not None and not result.startswith("superseded"), result
+    assert result is not None and result.committed, result
     return data
 
 
