@@ -254,6 +254,9 @@ def run(settings: Settings, argv: list[str], summary_file: str | None = None) ->
     ``argv`` is the command line each worker process is started with; a worker writes
     its accounting to ``summary_file`` for the process that started it to add up.
     """
+    # First: a SIGTERM from here on drains (the sources end at once) instead of killing the
+    # process mid-start-up with -15; run_cluster replaces it with one that forwards.
+    shutdown.install()
     settings = place_in_cluster(settings)
     if settings.addresses:
         log.info(

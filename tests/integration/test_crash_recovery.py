@@ -83,6 +83,10 @@ def test_kill_9_and_restart_keeps_every_tile_forward_and_complete(
                     break
                 assert time.monotonic() < deadline, "not every tile reached its newest version"
                 time.sleep(0.3)
+            # The store may be complete before this last job has even started (its
+            # predecessors published it all): stop it only once it serves metrics, when
+            # its SIGTERM handler is in place, as a pod is stopped once it is up.
+            job.metric("tilepipe_events_in_total")
             code, _, err = job.stop()
         finally:
             if job.proc.poll() is None:

@@ -407,6 +407,9 @@ def test_a_slow_client_is_conflated_then_closed_while_others_keep_up(redis_url, 
                         newest[tiles_of([u])[0]] = u["version"]
                     assert newest == {t: 30 for t in tiles}  # every tile, at its newest
                     never_backwards(healthy.updates())
+                    # Leave the slow one unread past the slow timeout (1 s), with margin:
+                    # on a quiet machine the 30 versions above go out in under a second.
+                    await asyncio.sleep(3)
                     # Now read what the slow one was sent: older frames, then bye 4008.
                     # (A quiet spell is not the end: on a loaded machine the gateway's
                     # writer may not run for seconds; only the close, or the deadline, is.)
