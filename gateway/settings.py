@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from tilepipe.config import Duration, SharedSettings, redis_uri
-from tilepipe.serving import host_port
+from tilepipe.serving import Listen
 from tilepipe.store import RedisTarget
 
 
@@ -26,7 +26,7 @@ class GatewaySettings(SharedSettings):
 
     model_config = SettingsConfigDict(env_prefix="TILEPIPE_GATEWAY_")
 
-    listen: str = "127.0.0.1:8090"
+    listen: Listen = "127.0.0.1:8090"
     """``HOST:PORT`` to serve WebSocket, SSE and the health endpoints on."""
     redis: str = "redis://127.0.0.1:6379/0?channel=tilepipe:tile_updated&prefix=tilepipe"
     """The dataflow's Redis sink URI: the channel it publishes on and the key prefix of the
@@ -89,12 +89,6 @@ class GatewaySettings(SharedSettings):
     empty accepts any (local use). ``*`` accepts any explicitly."""
     sse_query_token: bool = False
     """Accept ``access_token=`` in the SSE URL (last resort: it lands in proxy logs)."""
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, v: str) -> str:
-        host_port(v)
-        return v
 
     @field_validator("redis")
     @classmethod

@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from tilepipe.config import Duration, RecordLimits, kafka_uri, secrets_from
-from tilepipe.serving import host_port
+from tilepipe.serving import Listen
 from tilepipe.signing import parse_secrets
 from tilepipe.store import DEFAULT_PREFIX
 
@@ -29,7 +29,7 @@ class IngressSettings(RecordLimits):
 
     model_config = SettingsConfigDict(env_prefix="TILEPIPE_INGRESS_")
 
-    listen: str = "127.0.0.1:8080"
+    listen: Listen = "127.0.0.1:8080"
     """``HOST:PORT`` to serve HTTP on (``0.0.0.0:8080`` in a container, ``[::]:8080`` for IPv6)."""
     sink: str | None = None
     """``kafka://HOST:PORT[,HOST:PORT]/TOPIC``: the raw topic the dataflow reads."""
@@ -89,18 +89,11 @@ class IngressSettings(RecordLimits):
     """Bytes all requests together may have buffered before their signature is checked;
     beyond it new body bytes are refused with 503 + Retry-After, so unsigned senders
     cannot fill the memory (a signed request's bytes stop counting once verified)."""
-    metrics_listen: str | None = None
+    metrics_listen: Listen | None = None
     """``HOST:PORT`` to serve ``/metrics`` on instead of ``listen`` (with the probes too), so
     a NetworkPolicy can admit Prometheus to the metrics and producers to the API apart."""
     shutdown_grace: Duration = timedelta(seconds=20)
     """On SIGTERM, how long in-flight requests get to finish (keep below the pod's grace)."""
-
-    @field_validator("listen", "metrics_listen")
-    @classmethod
-    def _check_listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            host_port(v)
-        return v
 
     @field_validator("sink")
     @classmethod

@@ -14,8 +14,10 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Annotated
 
 import uvicorn
+from pydantic import AfterValidator
 
 from tilepipe.errors import ConfigError
 
@@ -26,6 +28,15 @@ def host_port(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{listen[:64]!r} is not HOST:PORT (example: 0.0.0.0:8080)")
     return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _check_listen(listen: str) -> str:
+    host_port(listen)
+    return listen
+
+
+Listen = Annotated[str, AfterValidator(_check_listen)]
+"""A settings field holding ``HOST:PORT`` (or ``[V6]:PORT``), checked when settings are read."""
 
 
 def bind(listen: str) -> socket.socket:

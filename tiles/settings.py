@@ -13,7 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from tilepipe.config import SharedSettings
-from tilepipe.serving import host_port
+from tilepipe.serving import Listen
 
 
 class TilesSettings(SharedSettings):
@@ -21,7 +21,7 @@ class TilesSettings(SharedSettings):
 
     model_config = SettingsConfigDict(env_prefix="TILEPIPE_TILES_")
 
-    listen: str = "127.0.0.1:8091"
+    listen: Listen = "127.0.0.1:8091"
     """``HOST:PORT`` to serve tiles on."""
     store: str = "dir:./tiles"
     """The render workers' store: ``dir:PATH`` ({z}/{x}/{y}.{format}) or ``mbtiles:PATH``."""
@@ -41,12 +41,6 @@ class TilesSettings(SharedSettings):
     """``Access-Control-Allow-Origin`` (maps fetch tiles cross-origin); empty: no header."""
     static: list[str] = []
     """``PREFIX=DIRECTORY`` pairs served as static files (the demo page, node_modules)."""
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, v: str) -> str:
-        host_port(v)
-        return v
 
     @field_validator("store")
     @classmethod
